@@ -1,0 +1,51 @@
+"""The `ctsynth` command: a thin layer that parses arguments, calls the library and turns errors into one line.
+
+Each sub-command lives in its own module here with ``register(subparsers)``, which adds its parser and sets
+``func`` to a ``run(args) -> int`` function. Heavy imports (torch, MONAI) happen inside ``run`` so that
+``ctsynth --help`` and the I/O commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import sys
+
+from ..errors import CTSynthError
+
+COMMAND_MODULES = ("phantom", "inspect", "convert", "prepare", "train", "generate", "evaluate", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctsynth",
+        description="Synthetic 3D chest CT (COVID-19 and normal) from a few hundred real scans.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CTSynthError as exc:
+        print(f"ctsynth {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ctsynth {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            print(f"ctsynth {args.command}: error: {exc.filename or ''}: the disk is full "
+                  "(fix: free disk space or write elsewhere)", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""`ctsynth convert` (being written)."""
+
+
+def register(subparsers) -> None:
+    """Not registered yet."""

@@ -1,0 +1,5 @@
+"""`ctsynth demo` (being written)."""
+
+
+def register(subparsers) -> None:
+    """Not registered yet."""

@@ -1,0 +1,5 @@
+"""`ctsynth evaluate` (being written)."""
+
+
+def register(subparsers) -> None:
+    """Not registered yet."""

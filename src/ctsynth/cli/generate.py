@@ -1,0 +1,5 @@
+"""`ctsynth generate` (being written)."""
+
+
+def register(subparsers) -> None:
+    """Not registered yet."""

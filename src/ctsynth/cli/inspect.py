@@ -1,0 +1,5 @@
+"""`ctsynth inspect` (being written)."""
+
+
+def register(subparsers) -> None:
+    """Not registered yet."""

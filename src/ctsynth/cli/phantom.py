@@ -1,0 +1,5 @@
+"""`ctsynth phantom` (being written)."""
+
+
+def register(subparsers) -> None:
+    """Not registered yet."""

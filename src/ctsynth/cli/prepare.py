@@ -1,0 +1,5 @@
+"""`ctsynth prepare` (being written)."""
+
+
+def register(subparsers) -> None:
+    """Not registered yet."""

@@ -1,0 +1,5 @@
+"""`ctsynth train` (being written)."""
+
+
+def register(subparsers) -> None:
+    """Not registered yet."""
