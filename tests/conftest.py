@@ -1,0 +1,22 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests run on 2-core CI machines, often beside each other; one thread per process keeps torch from
+# oversubscribing the cores (it does not change any result).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REAL_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-ct"
+
+
+@pytest.fixture
+def real_ct() -> Path:
+    """The folder of real CT files beside the project (../shared/data/real-ct); skips where absent."""
+    if not REAL_CT.is_dir():
+        pytest.skip(f"real CT test files not found at {REAL_CT} (they sit beside the project, not in it)")
+    return REAL_CT
