@@ -51,6 +51,9 @@ class AutoencoderConfig:
     adv_start_step: int = 2000
     disc_channels: int = 32
     disc_layers: int = 3
+    norm_num_groups: int = 32  # GroupNorm groups; every entry of ``channels`` must be a multiple of it
+    nonlocal_attn: bool = False  # self-attention at the lowest level (quadratic in latent voxels: small shapes only)
+    eval_studies: int = 8  # held-out studies reconstructed at the end of the stage for PSNR/SSIM
 
 
 @dataclass
@@ -70,6 +73,11 @@ class DiffusionConfig:
     lr: float = 1e-4
     steps: int = 40000
     ema_decay: float = 0.999
+    norm_num_groups: int = 32
+    beta_schedule: str = "scaled_linear_beta"  # DDPM noise schedule used to train for DDIM sampling
+    rflow_timestep_sampling: str = "logit-normal"  # "uniform" or "logit-normal" (RFlowScheduler sample_method)
+    ddim_eta: float = 0.0  # 0: deterministic DDIM; > 0 adds per-sample-seeded noise at each step
+    use_flash_attention: bool = False  # torch scaled_dot_product_attention in the UNet's attention blocks
 
 
 @dataclass
@@ -85,6 +93,9 @@ class TrainConfig:
     log_every: int = 10
     nan_patience: int = 5  # non-finite losses in a row before restoring the last checkpoint
     num_workers: int = 2
+    max_grad_norm: float = 1.0  # gradient clipping (0 disables)
+    augment: bool = True  # stage 1 patches: ctsynth.data.Augment (small affine + intensity jitter, no flip)
+    weight_decay: float = 0.0
 
 
 @dataclass
@@ -124,11 +135,21 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value or {}, f"{where}.{key}" if where else key)
-        elif typing.get_origin(hint) is tuple and isinstance(value, list):
-            kwargs[key] = tuple(value)
+        elif typing.get_origin(hint) is tuple and isinstance(value, (list, tuple)):
+            kwargs[key] = tuple(_check_scalar(typing.get_args(hint)[0], v, f"{where}.{key}") for v in value)
         else:
-            kwargs[key] = value
+            kwargs[key] = _check_scalar(hint, value, f"{where}.{key}" if where else key)
     return cls(**kwargs)
+
+
+def _check_scalar(hint: Any, value: Any, where: str) -> Any:
+    """Type-check one YAML scalar against its dataclass field type (ints may stand for floats)."""
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
+        raise CTSynthError(f"'{where}' must be {hint.__name__}, got {value!r}",
+                           fix=f"write a{'n' if hint is int else ''} {hint.__name__} value")
+    return value
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

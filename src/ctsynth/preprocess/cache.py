@@ -10,9 +10,12 @@ size of float32, memory-maps so a random patch reads only its own bytes, and is 
 evaluation without a model. :func:`ctsynth.preprocess.window.normalise` maps it to [-1, 1] at load time.
 
 Each manifest entry: ``id`` (study id, unique), ``patient`` (for patient-level splits), ``label``,
-``file`` (relative path), ``source`` (where it was read from), ``source_hash`` (content hash of the
-source files, to skip unchanged studies on a rerun), ``spacing_mm`` (z, y, x after resampling),
+``file`` (relative path), ``source`` (where it was read from), ``source_hash`` (hash of the source
+files' names, sizes and modification times, to skip unchanged studies on a rerun), ``spacing_mm`` (z, y, x after resampling),
 ``split`` ("train" or "held_out"), ``clip_fraction`` (fraction of voxels outside the window).
+``ctsynth prepare`` adds ``shape``, ``source_shape``, ``source_spacing_mm`` and ``box_mm`` (the region of the
+source that was resampled, see :mod:`ctsynth.preprocess.prepare`). The manifest's ``skipped`` list names
+the studies that could not be used (``id``, ``source``, ``reason``).
 """
 
 from __future__ import annotations
@@ -39,13 +42,15 @@ MANIFEST = "manifest.json"
 class CacheManifest:
     config: Config
     studies: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
     def entries(self, split: str | None = None) -> list[dict[str, Any]]:
         return [s for s in self.studies if split is None or s.get("split") == split]
 
     def to_json(self) -> str:
         return json.dumps({"format": CACHE_FORMAT, "config": self.config.to_dict(),
-                           "data_hash": self.config.data_hash(), "studies": self.studies}, indent=2)
+                           "data_hash": self.config.data_hash(), "studies": self.studies,
+                           "skipped": self.skipped}, indent=2)
 
 
 def is_cache_dir(path: str | Path) -> bool:
@@ -67,7 +72,8 @@ def read_manifest(prep_dir: str | Path) -> CacheManifest:
         raw = json.loads(path.read_text())
         if raw.get("format") != CACHE_FORMAT:
             raise ValueError(f"format {raw.get('format')!r}")
-        return CacheManifest(config=config_from_dict(raw["config"]), studies=list(raw["studies"]))
+        return CacheManifest(config=config_from_dict(raw["config"]), studies=list(raw["studies"]),
+                             skipped=list(raw.get("skipped", [])))
     except (ValueError, KeyError, TypeError) as exc:
         raise CTSynthError(f"manifest.json is damaged or from another version ({exc})", path,
                            "re-run `ctsynth prepare` into a new folder") from exc
@@ -77,9 +83,12 @@ def write_manifest(prep_dir: str | Path, manifest: CacheManifest) -> None:
     atomic_write_text(Path(prep_dir) / MANIFEST, manifest.to_json())
 
 
-def write_study_array(prep_dir: str | Path, study_id: str, hu: np.ndarray) -> str:
-    """Save one study's int16 HU array atomically; returns its path relative to the cache folder."""
-    rel = f"studies/{study_key(study_id)}.npy"
+def write_study_array(prep_dir: str | Path, study_id: str, hu: np.ndarray, key: str | None = None) -> str:
+    """Save one study's int16 HU array atomically; returns its path relative to the cache folder.
+
+    ``key`` overrides the file name (default :func:`study_key`), for ids whose keys would collide.
+    """
+    rel = f"studies/{key or study_key(study_id)}.npy"
     buffer = _io.BytesIO()
     np.save(buffer, np.ascontiguousarray(hu, dtype=np.int16))
     atomic_write_bytes(Path(prep_dir) / rel, buffer.getvalue())

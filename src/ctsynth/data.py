@@ -1,0 +1,181 @@
+"""PyTorch datasets over a prepared cache (``ctsynth prepare``), independent of Lightning.
+
+API (each item is ``{"image": float32 tensor (1, z, y, x) in [-1, 1], "label": int, "id": str}``; the
+class index is the label's position in ``config.data.labels``)::
+
+    from ctsynth.data import CacheVolumes, CachePatchDataset, Augment
+    volumes = CacheVolumes(prep_dir, split="held_out")              # whole volumes, no augmentation
+    patches = CachePatchDataset(prep_dir, patch=(32, 96, 96), split="train", seed=0,
+                                augment=Augment())                  # random patches, augmented
+    item = patches[k]                                               # a pure function of (seed, k)
+
+Item ``k`` is a pure function of ``(seed, k)``: its study is ``k mod n_studies`` (shuffling is the
+sampler's job), its patch position and augmentation are drawn from a generator seeded with
+``(seed, k)``. So the same seed gives the same items whatever the number of workers, their order, or a
+resume mid-epoch; no ``worker_init_fn`` is needed. ``len(patches)`` is ``n_studies * patches_per_study``.
+
+Reads are memory-mapped: a patch reads only its own bytes of the int16 cache file, so memory does not grow
+with the volume size; the HU -> [-1, 1] mapping is :func:`ctsynth.preprocess.window.normalise` with the
+cache's window.
+
+Augmentation (:class:`Augment`, MONAI transforms), small on purpose because the data are anatomy:
+
+- ``RandAffine``: rotation up to ``rotate_deg`` (3 degrees) in the axial plane and 1 degree out of it,
+  scaling by up to ``scale`` (5%): patient positioning and body size vary this much between scans. A patch
+  is read with a margin, transformed, and cropped back, so no padding shows in it.
+- ``RandShiftIntensity`` / ``RandScaleIntensity``: up to 0.01 (about 13 HU) shift and 2% scale in
+  normalised units, the order of calibration differences between scanners; larger changes would move
+  tissue classes (fat vs water) that the model must learn exactly.
+- No left-right flip by default: the chest is not mirror-symmetric (heart and aorta on the left, three
+  right and two left lobes, the right main bronchus steeper), and a flipped scan is situs inversus, which
+  the model would then learn to generate. ``flip_lr=True`` exists for experiments only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import CTSynthError
+from .preprocess.cache import load_cached_volume, read_manifest
+from .preprocess.window import normalise
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Augmentation settings (see the module docstring for why these sizes and why no flip)."""
+
+    prob: float = 0.8
+    rotate_deg: float = 3.0
+    tilt_deg: float = 1.0
+    scale: float = 0.05
+    intensity_shift: float = 0.01
+    intensity_scale: float = 0.02
+    flip_lr: bool = False
+
+    def margin(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Voxels to read around a patch so that rotation/scaling never samples outside it."""
+        angle = math.radians(max(self.rotate_deg, self.tilt_deg))
+        frac = (1.0 + self.scale) * (math.cos(angle) + math.sin(angle)) - 1.0
+        return tuple(int(math.ceil(frac * max(shape) / 2)) + 1 for _ in shape)  # type: ignore[return-value]
+
+    def build(self):
+        """The MONAI transform chain for a (1, z, y, x) tensor (import inside: MONAI is heavy)."""
+        from monai.transforms import Compose, RandAffine, RandAxisFlip, RandScaleIntensity, RandShiftIntensity
+
+        # MONAI's first rotation angle turns about spatial dim 0 (z), i.e. in the axial (y, x) plane.
+        chain = [
+            RandAffine(prob=self.prob,
+                       rotate_range=(math.radians(self.rotate_deg), math.radians(self.tilt_deg),
+                                     math.radians(self.tilt_deg)),
+                       scale_range=(self.scale,) * 3, mode="bilinear", padding_mode="border"),
+            RandShiftIntensity(offsets=self.intensity_shift, prob=self.prob),
+            RandScaleIntensity(factors=self.intensity_scale, prob=self.prob),
+        ]
+        if self.flip_lr:
+            chain.append(RandAxisFlip(prob=0.5))
+        return Compose(chain)
+
+
+def _item_seed(seed: int, k: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(k)]).generate_state(1)[0])
+
+
+class _CacheDataset(Dataset):
+    def __init__(self, prep_dir: str | Path, *, split: str | None, entries: list[dict[str, Any]] | None,
+                 augment: Augment | None, seed: int) -> None:
+        self.prep_dir = Path(prep_dir)
+        manifest = read_manifest(self.prep_dir)
+        self.window = tuple(manifest.config.data.hu_window)
+        self.labels = tuple(manifest.config.data.labels)
+        self.entries = list(entries) if entries is not None else manifest.entries(split)
+        if not self.entries:
+            raise CTSynthError(f"the cache has no {split or ''} studies".replace("  ", " "), self.prep_dir,
+                               "prepare more studies or lower data.held_out_fraction")
+        index = {name: i for i, name in enumerate(self.labels)}
+        bad = sorted({str(e.get("label")) for e in self.entries if e.get("label") not in index})
+        if bad:
+            raise CTSynthError(f"cache has studies labelled {bad}, not in its config's labels {list(self.labels)}",
+                               self.prep_dir, "re-run `ctsynth prepare` with the right labels")
+        self.label_index = index
+        self.augment = augment
+        self.seed = int(seed)
+        self._transform = None
+
+    def _augmented(self, image: torch.Tensor, k: int) -> torch.Tensor:
+        if self.augment is None:
+            return image
+        if self._transform is None:
+            self._transform = self.augment.build()
+        self._transform.set_random_state(seed=_item_seed(self.seed, k) % (2 ** 32))
+        out = self._transform(image)
+        return torch.as_tensor(out.as_tensor() if hasattr(out, "as_tensor") else out, dtype=torch.float32)
+
+    def _item(self, entry: dict[str, Any], hu: np.ndarray, k: int) -> dict[str, Any]:
+        image = torch.from_numpy(normalise(hu, self.window))[None]
+        image = self._augmented(image, k)
+        return {"image": image.contiguous(), "label": self.label_index[entry["label"]], "id": entry["id"]}
+
+
+class CacheVolumes(_CacheDataset):
+    """Whole cached volumes, ``(1, z, y, x)`` in [-1, 1]; item ``k`` is study ``k``."""
+
+    def __init__(self, prep_dir: str | Path, *, split: str | None = None,
+                 entries: list[dict[str, Any]] | None = None, augment: Augment | None = None, seed: int = 0):
+        super().__init__(prep_dir, split=split, entries=entries, augment=augment, seed=seed)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        entry = self.entries[k]
+        hu = np.asarray(load_cached_volume(self.prep_dir, entry).hu)
+        return self._item(entry, hu, k)
+
+
+class CachePatchDataset(_CacheDataset):
+    """Random patches of ``patch`` (z, y, x) voxels (clipped to the volume's shape); see the module docstring."""
+
+    def __init__(self, prep_dir: str | Path, *, patch: tuple[int, int, int], split: str | None = "train",
+                 entries: list[dict[str, Any]] | None = None, augment: Augment | None = None, seed: int = 0,
+                 patches_per_study: int = 1):
+        super().__init__(prep_dir, split=split, entries=entries, augment=augment, seed=seed)
+        self.patch = tuple(int(p) for p in patch)
+        if len(self.patch) != 3 or min(self.patch) < 1:
+            raise CTSynthError(f"patch must be three positive sizes (z, y, x), got {patch}", None,
+                               "set autoencoder.patch in the config")
+        self.patches_per_study = max(int(patches_per_study), 1)
+
+    def __len__(self) -> int:
+        return len(self.entries) * self.patches_per_study
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        entry = self.entries[k % len(self.entries)]
+        hu = load_cached_volume(self.prep_dir, entry).hu  # memory-mapped
+        rng = np.random.default_rng(_item_seed(self.seed, k))
+        size = tuple(min(p, n) for p, n in zip(self.patch, hu.shape))
+        start = [int(rng.integers(0, n - p + 1)) for p, n in zip(size, hu.shape)]
+        if self.augment is None:
+            crop = np.asarray(hu[tuple(slice(s, s + p) for s, p in zip(start, size))])
+            return self._item(entry, crop, k)
+        # Read a margin around the patch (edge-padded at the volume's border), transform, crop back.
+        margin = self.augment.margin(size)
+        lo = [s - m for s, m in zip(start, margin)]
+        hi = [s + p + m for s, p, m in zip(start, size, margin)]
+        region = np.asarray(hu[tuple(slice(max(a, 0), min(b, n)) for a, b, n in zip(lo, hi, hu.shape))])
+        pad = [(max(-a, 0), max(b - n, 0)) for a, b, n in zip(lo, hi, hu.shape)]
+        if any(p != (0, 0) for p in pad):
+            region = np.pad(region, pad, mode="edge")
+        item = self._item(entry, region, k)
+        crop = tuple(slice(m, m + p) for m, p in zip(margin, size))
+        item["image"] = item["image"][(slice(None),) + crop].contiguous()
+        return item
+
+
+__all__ = ["Augment", "CacheVolumes", "CachePatchDataset"]

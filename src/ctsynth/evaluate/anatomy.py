@@ -1,0 +1,114 @@
+"""Anatomy in Hounsfield units: tissue fractions, median HU per tissue, lung volume and balance, lesions.
+
+Tissue classes are HU ranges of the voxels inside the body mask (half-open intervals, in HU):
+air < -900 <= lung < -200 <= fat < -30 <= soft tissue < 150 <= bone. "lung" here is the aerated-lung HU
+range, not the lung mask; the lung's own median HU is taken inside the lung mask.
+
+Lesions are looked for inside the lung mask: candidates are voxels in -700..+50 HU on a lightly smoothed
+copy (Gaussian, sigma 0.7 voxel, to suppress scanner noise) and at least -700 HU unsmoothed (ground glass -700..-300, consolidation
+-100..+50, and the -300..-100 transition between them). Vessels and airway walls are in the same HU range
+but thin and tubular, so the candidates are opened morphologically with an ellipsoid of radius
+``VESSEL_RADIUS_MM`` (at least one voxel in-plane): a structure narrower than the ellipsoid disappears, a
+lesion (a blob several mm across) survives. Remaining components smaller than ``MIN_LESION_ML`` are noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+TISSUES = ("air", "lung", "fat", "soft_tissue", "bone")
+TISSUE_EDGES = (-900.0, -200.0, -30.0, 150.0)  # boundaries between consecutive classes above
+GGO_RANGE = (-700.0, -300.0)
+CONSOLIDATION_RANGE = (-100.0, 50.0)
+VESSEL_RADIUS_MM = 2.0
+MIN_LESION_ML = 0.05
+SMOOTH_SIGMA_VOXELS = 0.7
+
+QUANTITIES = (
+    tuple(f"fraction_{t}" for t in TISSUES)
+    + ("median_hu_lung_mask", "median_hu_fat", "median_hu_soft_tissue", "median_hu_bone")
+    + ("lung_volume_ml", "left_lung_share", "lesion_fraction", "ggo_fraction", "consolidation_fraction")
+)
+
+
+def _ellipsoid(radii_vox: tuple[float, float, float]) -> np.ndarray:
+    r = [max(float(x), 0.0) for x in radii_vox]
+    half = [int(np.floor(x)) for x in r]
+    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    total = np.zeros([2 * h + 1 for h in half], dtype=np.float64)
+    for g, radius in zip(grids, r):
+        if radius > 0:
+            total = total + (g / radius) ** 2
+    return total <= 1.0 + 1e-9
+
+
+def vessel_filter_element(spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """The opening element: radius VESSEL_RADIUS_MM per axis, at least one voxel in-plane, none in z if thick."""
+    sz, sy, sx = spacing_mm
+    rz = VESSEL_RADIUS_MM / sz if sz <= VESSEL_RADIUS_MM else 0.0
+    ry = max(VESSEL_RADIUS_MM / sy, 1.0)
+    rx = max(VESSEL_RADIUS_MM / sx, 1.0)
+    return _ellipsoid((rz, ry, rx))
+
+
+def lesion_masks(hu: np.ndarray, lung: np.ndarray, spacing_mm: tuple[float, float, float]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lesion, ground_glass, consolidation) boolean masks inside ``lung`` (see the module docstring)."""
+    if not lung.any():
+        empty = np.zeros_like(lung, dtype=bool)
+        return empty, empty, empty
+    zs, ys, xs = (slice(s.start, s.stop) for s in ndimage.find_objects(lung.astype(np.uint8))[0])
+    box = (zs, ys, xs)
+    raw = np.asarray(hu[box], dtype=np.float32)
+    sub = ndimage.gaussian_filter(raw, SMOOTH_SIGMA_VOXELS)
+    sub_lung = lung[box]
+    # In range after smoothing (a noise spike is not a lesion) and before it (smoothing must not grow a
+    # lesion's edge into the lung around it).
+    candidates = sub_lung & (sub >= GGO_RANGE[0]) & (sub <= CONSOLIDATION_RANGE[1]) & (raw >= GGO_RANGE[0])
+    opened = ndimage.binary_opening(candidates, structure=vessel_filter_element(spacing_mm)) & sub_lung
+    labels, n = ndimage.label(opened)
+    if n:
+        voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+        sizes = np.bincount(labels.ravel(), minlength=n + 1) * voxel_ml
+        keep = sizes >= MIN_LESION_ML
+        keep[0] = False
+        opened = keep[labels]
+    lesion = np.zeros_like(lung, dtype=bool)
+    lesion[box] = opened
+    ggo = np.zeros_like(lesion)
+    ggo[box] = opened & (sub <= GGO_RANGE[1])
+    consolidation = np.zeros_like(lesion)
+    consolidation[box] = opened & (sub >= CONSOLIDATION_RANGE[0])
+    return lesion, ggo, consolidation
+
+
+def tissue_classes(hu_body: np.ndarray) -> np.ndarray:
+    """Index into :data:`TISSUES` for each HU value (1D)."""
+    return np.searchsorted(np.asarray(TISSUE_EDGES), hu_body, side="right")
+
+
+def measure_anatomy(hu: np.ndarray, spacing_mm: tuple[float, float, float], body: np.ndarray,
+                    lung: np.ndarray, left: np.ndarray, right: np.ndarray) -> dict[str, float]:
+    """The quantities named in :data:`QUANTITIES` for one volume (NaN where undefined, e.g. no lungs)."""
+    out: dict[str, float] = {}
+    body_hu = np.asarray(hu[body], dtype=np.float32)
+    classes = tissue_classes(body_hu)
+    n_body = max(body_hu.size, 1)
+    for k, name in enumerate(TISSUES):
+        out[f"fraction_{name}"] = float(np.count_nonzero(classes == k)) / n_body
+    lung_hu = np.asarray(hu[lung], dtype=np.float32)
+    out["median_hu_lung_mask"] = float(np.median(lung_hu)) if lung_hu.size else float("nan")
+    for k, name in ((2, "fat"), (3, "soft_tissue"), (4, "bone")):
+        sel = body_hu[classes == k]
+        out[f"median_hu_{name}"] = float(np.median(sel)) if sel.size else float("nan")
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    n_lung = int(np.count_nonzero(lung))
+    out["lung_volume_ml"] = n_lung * voxel_ml
+    n_left, n_right = int(np.count_nonzero(left)), int(np.count_nonzero(right))
+    out["left_lung_share"] = n_left / (n_left + n_right) if n_left + n_right else float("nan")
+    lesion, ggo, consolidation = lesion_masks(hu, lung, spacing_mm)
+    for name, mask in (("lesion_fraction", lesion), ("ggo_fraction", ggo),
+                       ("consolidation_fraction", consolidation)):
+        out[name] = float(np.count_nonzero(mask)) / n_lung if n_lung else float("nan")
+    return out

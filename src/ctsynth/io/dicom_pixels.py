@@ -1,0 +1,146 @@
+"""Decode the stored pixel values of DICOM slices, in parallel.
+
+Uncompressed little-endian files (most CT exports) are read directly: the header pass already recorded
+where the (7FE0,0010) element starts, so decoding is one ``seek`` + ``read`` + ``np.frombuffer``. Every
+other transfer syntax (JPEG 2000, JPEG-LS, JPEG lossless, RLE, deflate, big endian) goes through pydicom's
+``pixel_array``, which uses the pylibjpeg plugins for the compressed ones. A thread pool overlaps file I/O
+and the C decoders, which release the GIL.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+import pydicom
+
+from ..errors import CTSynthError
+from .dicom_headers import SliceHeader
+
+_LONG_LENGTH_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"UC", b"UR", b"SQ", b"SV", b"UV"}
+_INSTALL_FIX = ("install the decoders: pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg, "
+                "or convert the series with dcm2niix first")
+
+
+def _stored_dtype(header: SliceHeader) -> np.dtype:
+    kind = "i" if header.pixel_representation == 1 else "u"
+    if header.bits_allocated not in (8, 16, 32):
+        raise CTSynthError(f"BitsAllocated {header.bits_allocated} is not supported for CT", header.path,
+                           "convert the series with dcm2niix first")
+    return np.dtype(f"<{kind}{header.bits_allocated // 8}")
+
+
+def _mask_to_bits_stored(arr: np.ndarray, header: SliceHeader) -> np.ndarray:
+    """Keep only the BitsStored low bits (sign-extended for signed data), in place, as the standard says."""
+    bits, alloc = header.bits_stored, header.bits_allocated
+    if bits >= alloc or bits <= 0:
+        return arr
+    if header.pixel_representation == 1:
+        shift = alloc - bits
+        arr <<= shift
+        arr >>= shift  # arithmetic shift on a signed dtype sign-extends
+    else:
+        arr &= np.array((1 << bits) - 1, dtype=arr.dtype)
+    return arr
+
+
+def _read_native(header: SliceHeader, out: np.ndarray | None) -> np.ndarray | None:
+    """Read uncompressed pixels at the offset the header pass recorded; None if the layout is unexpected.
+
+    With ``out`` (a C-contiguous (rows, columns) array of the stored item size) the bytes land straight in
+    it, viewed as the stored dtype, and that view is returned: no intermediate copies for big series.
+    """
+    dtype = _stored_dtype(header)
+    expected = header.rows * header.columns * dtype.itemsize
+    if header.samples_per_pixel != 1 or header.frames != 1:
+        return None
+    if out is not None and out.dtype.itemsize == dtype.itemsize and out.flags.c_contiguous \
+            and out.shape == (header.rows, header.columns):
+        target = out.view(dtype)
+    else:
+        target = np.empty((header.rows, header.columns), dtype=dtype)
+    with open(header.path, "rb") as fh:
+        fh.seek(header.pixel_offset)
+        head = fh.read(12)
+        if len(head) < 8 or head[:4] != b"\xe0\x7f\x10\x00":
+            return None
+        if header.explicit_vr and head[4:6] in _LONG_LENGTH_VRS:
+            (length,) = struct.unpack("<I", head[8:12])
+            start = 12
+        elif header.explicit_vr:
+            return None
+        else:
+            (length,) = struct.unpack("<I", head[4:8])
+            start = 8
+        if length == 0xFFFFFFFF:
+            return None  # encapsulated despite a native transfer syntax: let pydicom sort it out
+        fh.seek(header.pixel_offset + start)
+        got = fh.readinto(memoryview(target).cast("B")) if length >= expected else 0
+    if length < expected or got < expected:
+        raise CTSynthError(
+            f"the file is truncated: its pixel data holds {min(length, got) if got else length} of the {expected} "
+            f"bytes a {header.rows}x{header.columns} slice needs", header.path,
+            "re-export or re-copy this file (or remove it and re-export the series)")
+    return _mask_to_bits_stored(target, header)
+
+
+def _read_with_pydicom(header: SliceHeader, multi_frame: bool = False) -> np.ndarray:
+    try:
+        ds = pydicom.dcmread(header.path, force=True)
+        arr = ds.pixel_array
+    except (RuntimeError, NotImplementedError, ImportError) as exc:
+        text = str(exc)
+        if "plugin" in text.lower() or "decod" in text.lower() or isinstance(exc, (ImportError, NotImplementedError)):
+            raise CTSynthError(f"cannot decode the pixel data (transfer syntax {header.transfer_syntax}: {text.splitlines()[0]})",
+                               header.path, _INSTALL_FIX) from exc
+        raise CTSynthError(f"cannot decode the pixel data ({text.splitlines()[0]})", header.path,
+                           "re-export or re-copy this file") from exc
+    except (ValueError, EOFError, OSError, KeyError, AttributeError, struct.error, IndexError) as exc:
+        raise CTSynthError(f"the pixel data is truncated or corrupt ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''})", header.path,
+                           "re-export or re-copy this file (or remove it and re-export the series)") from exc
+    if multi_frame and arr.ndim == 2:
+        arr = arr[None]
+    expected = (arr.shape[0], header.rows, header.columns) if multi_frame else (header.rows, header.columns)
+    if arr.shape != expected:
+        raise CTSynthError(f"decoded pixel data has shape {arr.shape}, expected {expected}",
+                           header.path, "re-export this file; ctsynth reads single-frame greyscale CT slices")
+    return arr
+
+
+def decode_stored_values(header: SliceHeader, out: np.ndarray | None = None) -> np.ndarray:
+    """The stored (pre-rescale) values of one slice as a (rows, columns) integer array.
+
+    ``out`` is a hint: uncompressed pixels are read straight into it when the item sizes match (check with
+    ``np.shares_memory``); otherwise a new array is returned.
+    """
+    if header.pixel_offset is not None:
+        arr = _read_native(header, out)
+        if arr is not None:
+            return arr
+    return _read_with_pydicom(header)
+
+
+def decode_frames(header: SliceHeader) -> np.ndarray:
+    """All frames of a multi-frame file as a (frames, rows, columns) array of stored values."""
+    return _read_with_pydicom(header, multi_frame=True)
+
+
+def decode_workers(n_items: int) -> int:
+    """Threads for decoding: enough to overlap I/O and decoders, never more than the work."""
+    return max(1, min(n_items, 8, (os.cpu_count() or 1) * 2))
+
+
+def run_parallel(n_items: int, work: Callable[[int], None]) -> None:
+    """Call ``work(i)`` for every item on a thread pool; the first error (in item order) is raised."""
+    workers = decode_workers(n_items)
+    if workers == 1:
+        for i in range(n_items):
+            work(i)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(work, i) for i in range(n_items)]:
+            future.result()

@@ -1,0 +1,257 @@
+"""Read one DICOM CT series into a `CTVolume` in Hounsfield units.
+
+`read_dicom_series` accepts a folder (searched recursively, any file names), a single file, or a
+`DicomSeriesRef` from `find_dicom_series`. It orders slices along the slice normal, applies each slice's
+own RescaleSlope/Intercept, decodes compressed transfer syntaxes through pydicom's pylibjpeg plugins (in a
+thread pool), drops exact duplicate slices, and refuses (with a `CTSynthError` naming the folder, the
+files and the fix) anything it cannot put on a regular grid honestly: missing slices, duplicates with
+different pixels, wildly uneven steps, several series without a choice, non-CT modalities, broken files.
+Gantry tilt and mildly uneven steps are resampled, with a note. See docs/dicom.md for the rules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydicom.uid import UID
+from scipy import ndimage
+
+from ..errors import CTSynthError
+from ..volume import CTVolume
+from .dicom_geometry import StackPlan, plan_stack
+from .dicom_headers import BrokenDicomError, NotDicomError, SliceHeader, read_slice_headers
+from .dicom_pixels import decode_frames, decode_stored_values, run_parallel
+from .dicom_series import DicomSeriesRef, find_dicom_series, name_files, scan_dicom_tree
+
+__all__ = ["DicomSeriesRef", "find_dicom_series", "read_dicom_series"]
+
+_SERIES_FIX = "pass series_uid= (CLI: --series UID) with one of the UIDs above, or point to a folder holding one series"
+
+
+def _describe(ref: DicomSeriesRef) -> str:
+    desc = f" '{ref.description}'" if ref.description else ""
+    return f"{ref.uid}{desc} ({ref.n_slices} slices, {ref.modality})"
+
+
+def _headers_of(ref: DicomSeriesRef) -> list[SliceHeader]:
+    if ref.headers:
+        return list(ref.headers)
+    headers = []
+    for path in ref.files:
+        try:
+            file_headers = read_slice_headers(path)
+        except NotDicomError as exc:
+            raise CTSynthError("not a DICOM file", path, "remove it from the series") from exc
+        except BrokenDicomError as exc:
+            raise CTSynthError(f"unreadable DICOM file, truncated or corrupt ({exc})", path,
+                               "re-export or re-copy this file") from exc
+        headers.extend(file_headers or [])
+    if not headers:
+        raise CTSynthError("the series holds no DICOM image files", ref.folder, "check the series' files")
+    return headers
+
+
+def _select_series(source: Path, series_uid: str | None) -> tuple[DicomSeriesRef, list[str]]:
+    """Find the one CT series to read under ``source`` (a folder or a file), or raise a one-line error."""
+    scan = scan_dicom_tree(source, allow_single_slice=source.is_file())
+    if scan.broken:
+        path, why = scan.broken[0]
+        more = f" (and {len(scan.broken) - 1} more: {name_files([p for p, _ in scan.broken[1:]], source)})" \
+            if len(scan.broken) > 1 else ""
+        raise CTSynthError(f"unreadable DICOM file, truncated or corrupt header ({why}){more}", path,
+                           "re-export or re-copy this file, or remove it from the folder")
+    if series_uid is not None:
+        for ref in scan.series:
+            if ref.uid == series_uid:
+                return ref, scan.notes
+        for ref in scan.other_series:
+            if ref.uid == series_uid:
+                raise CTSynthError(f"series {series_uid} is modality {ref.modality}, not CT; ctsynth reads CT only",
+                                   ref.folder, "choose a CT series")
+        found = ", ".join(_describe(r) for r in scan.series) or "none"
+        raise CTSynthError(f"no CT series with UID {series_uid} here; CT series found: {found}", source,
+                           "use one of the UIDs listed")
+    if len(scan.series) == 1:
+        return scan.series[0], scan.notes
+    if len(scan.series) > 1:
+        listing = "; ".join(_describe(r) for r in scan.series)
+        raise CTSynthError(f"{len(scan.series)} CT series found, which one? {listing}", source, _SERIES_FIX)
+    if scan.other_series:
+        listing = "; ".join(_describe(r) for r in scan.other_series)
+        raise CTSynthError(f"no CT series here, only other modalities: {listing}; ctsynth reads CT only", source,
+                           "point to a CT series (Modality CT)")
+    if scan.n_dicom == 0:
+        extra = f" ({scan.notes[0]})" if scan.notes else ""
+        raise CTSynthError(f"no DICOM files found{extra}", source,
+                           "point to the folder (or file) holding the CT series' DICOM files")
+    why = "; ".join(scan.notes[:3]) or "no image slices"
+    raise CTSynthError(f"no readable CT series ({why})", source,
+                       "point to a folder holding a CT series of at least two slices (or to one file to read it alone)")
+
+
+def _output_dtype(headers: list[SliceHeader]) -> np.dtype:
+    """int16 when every slice maps exactly to integer HU that fit int16, else float32 (int32 while unsure)."""
+    if any(h.slope != 1.0 or not float(h.intercept).is_integer() for h in headers):
+        return np.dtype(np.float32)
+    lo = min((-(1 << (h.bits_stored - 1)) if h.pixel_representation else 0) + h.intercept for h in headers)
+    hi = max(((1 << (h.bits_stored - 1)) - 1 if h.pixel_representation else (1 << h.bits_stored) - 1)
+             + h.intercept for h in headers)
+    if lo >= -32768 and hi <= 32767:
+        return np.dtype(np.int16)
+    return np.dtype(np.int32)
+
+
+def _decode_hu(headers: list[SliceHeader]) -> np.ndarray:
+    dtype = _output_dtype(headers)
+    rows, cols = headers[0].rows, headers[0].columns
+    out = np.empty((len(headers), rows, cols), dtype=dtype)
+
+    def store(i: int, raw: np.ndarray | None) -> None:
+        """Stored values -> HU into out[i]; ``raw`` None means: decode slice i here (straight into out[i])."""
+        h, target = headers[i], out[i]
+        if dtype == np.float32:
+            raw = decode_stored_values(h) if raw is None else raw
+            np.multiply(raw, np.float32(h.slope), out=target, casting="unsafe")
+            target += np.float32(h.intercept)
+        elif dtype == np.int16 and -32768 <= h.intercept <= 32767:
+            # Integer HU that fit int16: read straight into the output and add the intercept in place. int16
+            # arithmetic wraps, so even unsigned stored values land right whenever the final HU fit.
+            raw = decode_stored_values(h, out=target) if raw is None else raw
+            if not np.shares_memory(raw, target):
+                np.copyto(target, raw, casting="unsafe")
+            if h.intercept:
+                np.add(target, np.int16(h.intercept), out=target)
+        else:
+            raw = decode_stored_values(h) if raw is None else raw
+            np.add(raw, np.int32(h.intercept), out=target, casting="unsafe")
+
+    # One unit of work per file: a multi-frame file is decoded once and its frames stored where they belong.
+    by_file: dict[Path, list[int]] = {}
+    for i, h in enumerate(headers):
+        by_file.setdefault(h.path, []).append(i)
+    units = list(by_file.values())
+
+    def work(u: int) -> None:
+        indices = units[u]
+        if headers[indices[0]].frame is None:
+            for i in indices:
+                store(i, None)
+            return
+        frames = decode_frames(headers[indices[0]])
+        if max(headers[i].frame for i in indices) >= frames.shape[0]:
+            raise CTSynthError(f"the pixel data holds {frames.shape[0]} frames, fewer than the header lists",
+                               headers[indices[0]].path, "re-export or re-copy this file")
+        for i in indices:
+            store(i, frames[headers[i].frame])
+
+    run_parallel(len(units), work)
+    if dtype == np.int32:
+        if out.min() >= -32768 and out.max() <= 32767:
+            return out.astype(np.int16)
+        return out.astype(np.float32)
+    return out
+
+
+def _resolve_duplicates(hu: np.ndarray, plan: StackPlan, folder: Path, notes: list[str]) -> np.ndarray:
+    dropped: list[Path] = []
+    for slot in plan.slots:
+        if len(slot) == 1:
+            continue
+        first = slot[0]
+        for other in slot[1:]:
+            if not np.array_equal(hu[first], hu[other]):
+                names = name_files([plan.headers[i].path for i in slot], folder)
+                pos = float(plan.headers[first].position @ plan.direction[:, 2])
+                raise CTSynthError(
+                    f"{len(slot)} files share the slice position {pos:.2f} mm but hold different pixels ({names}): "
+                    "two acquisitions or reconstructions mixed in one series", folder,
+                    "move one acquisition's files into a separate folder (they often differ in AcquisitionNumber "
+                    "or transfer syntax), then read each folder on its own")
+            dropped.append(plan.headers[other].path)
+    if not dropped:
+        return hu
+    notes.append(f"dropped {len(dropped)} duplicate file(s) with the same position and identical pixels: "
+                 f"{name_files(dropped, folder)}")
+    return hu[[slot[0] for slot in plan.slots]]
+
+
+def _fill_value(hu: np.ndarray, headers: list[SliceHeader]) -> float:
+    h = headers[0]
+    if h.padding_value is not None:
+        return float(h.padding_value * h.slope + h.intercept)
+    return float(hu.min())
+
+
+def _undo_tilt(hu: np.ndarray, plan: StackPlan) -> np.ndarray:
+    fill = _fill_value(hu, plan.headers)
+    out = np.empty(hu.shape, dtype=np.float32)
+    for k in range(hu.shape[0]):
+        ndimage.shift(hu[k].astype(np.float32), plan.shifts_px[k], output=out[k], order=1, mode="constant",
+                      cval=fill)
+    return out
+
+
+def _resample_z(hu: np.ndarray, positions: np.ndarray, step: float) -> np.ndarray:
+    n_out = int(np.floor((positions[-1] - positions[0]) / step + 1e-6)) + 1
+    targets = positions[0] + step * np.arange(n_out)
+    lower = np.clip(np.searchsorted(positions, targets, side="right") - 1, 0, len(positions) - 2)
+    weight = ((targets - positions[lower]) / (positions[lower + 1] - positions[lower])).astype(np.float32)
+    out = np.empty((n_out,) + hu.shape[1:], dtype=np.float32)
+    for j in range(n_out):
+        a, w = lower[j], weight[j]
+        out[j] = (1 - w) * hu[a] + w * hu[a + 1]
+    return out
+
+
+def _meta(headers: list[SliceHeader], plan: StackPlan, n_files: int, notes: list[str]) -> dict:
+    """Only non-identifying acquisition facts (no names, dates, UIDs, institutions or free text)."""
+    h = headers[0]
+    meta: dict = {"modality": "CT", "n_files": n_files}
+    try:
+        meta["transfer_syntax"] = UID(h.transfer_syntax).name
+    except Exception:  # an unknown private UID: keep the raw value out, it says nothing useful
+        meta["transfer_syntax"] = "unknown"
+    for key, value in (("manufacturer", h.manufacturer), ("manufacturer_model", h.model),
+                       ("convolution_kernel", h.kernel), ("body_part", h.body_part)):
+        if value:
+            meta[key] = value
+    if h.slice_thickness:
+        meta["slice_thickness_mm"] = h.slice_thickness
+    if h.kvp:
+        meta["kvp"] = h.kvp
+    if h.padding_value is not None:
+        meta["pixel_padding_value_hu"] = float(h.padding_value * h.slope + h.intercept)
+    if plan.shifts_px is not None:
+        meta["gantry_tilt_deg"] = round(plan.tilt_deg, 2)
+    if not any(x.has_rescale for x in headers):
+        notes.append("no RescaleSlope/RescaleIntercept tags: stored values taken as HU")
+    meta["notes"] = notes
+    return meta
+
+
+def read_dicom_series(source: Path | str | DicomSeriesRef, series_uid: str | None = None) -> CTVolume:
+    """Read one CT series (a folder, a file, or a `DicomSeriesRef`) into a `CTVolume` in HU.
+
+    ``series_uid`` picks one series when a folder holds several. Raises `CTSynthError` for anything that
+    cannot be read honestly; everything it fixed or skipped on the way is listed in ``meta["notes"]``.
+    """
+    if isinstance(source, DicomSeriesRef):
+        ref, scan_notes = source, []
+    else:
+        ref, scan_notes = _select_series(Path(source), series_uid)
+    headers = _headers_of(ref)
+    notes = list(dict.fromkeys(scan_notes + ref.notes))
+    plan = plan_stack(headers, ref.folder)
+    notes.extend(plan.notes)
+    hu = _decode_hu(plan.headers)
+    hu = _resolve_duplicates(hu, plan, ref.folder, notes)
+    if plan.shifts_px is not None:
+        hu = _undo_tilt(hu, plan)
+    if plan.resample_z:
+        hu = _resample_z(hu, plan.positions, plan.z_step)
+    sy, sx = plan.spacing_yx
+    source_path = ref.files[0] if (not isinstance(source, DicomSeriesRef) and Path(source).is_file()) else ref.folder
+    return CTVolume(hu=hu, spacing_mm=(plan.z_step, sy, sx), origin_mm=tuple(plan.origin),
+                    direction=plan.direction, source=str(source_path),
+                    meta=_meta(plan.headers, plan, len({h.path for h in plan.headers}), notes))

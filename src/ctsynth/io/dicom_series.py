@@ -1,0 +1,249 @@
+"""Find the CT series in a tree of DICOM files, whatever the files are called.
+
+`find_dicom_series` reads headers only, groups files by SeriesInstanceUID and returns one
+`DicomSeriesRef` per CT series worth reading, plus notes naming every file it skipped and why: non-DICOM
+files, DICOMDIR indexes, unreadable (truncated) headers, objects without pixels, localizers, slices whose
+orientation differs from the rest of their series, colour or multi-frame images, single-slice series and
+non-CT modalities.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CTSynthError
+from .dicom_headers import BrokenDicomError, NotDicomError, SliceHeader, looks_like_ct, read_slice_headers
+
+_ORIENTATION_TOL = 5e-3  # direction cosines closer than this (about 0.3 degrees) count as the same plane
+_MAX_NAMES = 5
+
+
+@dataclass
+class DicomSeriesRef:
+    """One CT series found on disk: what `read_dicom_series` needs to read it without a second search."""
+
+    uid: str
+    folder: Path
+    files: list[Path]
+    modality: str
+    description: str
+    n_slices: int
+    notes: list[str] = field(default_factory=list)
+    headers: list[SliceHeader] = field(default_factory=list, repr=False)
+    series_number: int | None = None
+
+
+@dataclass
+class _Scan:
+    """Everything a walk found: readable CT series, other series (non-CT), broken files and notes."""
+
+    root: Path
+    series: list[DicomSeriesRef]
+    other_series: list[DicomSeriesRef]
+    broken: list[tuple[Path, str]]
+    notes: list[str]
+    n_dicom: int
+
+
+def name_files(paths: list[Path], root: Path | None = None, limit: int = _MAX_NAMES) -> str:
+    """'a.dcm, b.dcm and 3 more', relative to root where possible."""
+    names = []
+    for p in paths[:limit]:
+        try:
+            names.append(str(p.relative_to(root)) if root is not None and p != root else str(p))
+        except ValueError:
+            names.append(str(p))
+    text = ", ".join(names)
+    if len(paths) > limit:
+        text += f" and {len(paths) - limit} more"
+    return text
+
+
+def _relative(folder: Path, root: Path) -> str:
+    """``folder`` below ``root`` for notes ('.' for the root itself); notes avoid absolute paths."""
+    try:
+        rel = folder.relative_to(root if root.is_dir() else root.parent)
+    except ValueError:
+        return str(folder)
+    return str(rel) if str(rel) != "." else "the folder read"
+
+
+def _walk_files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        # Hidden folders hold no exports (and our own atomic writers' temporaries start with a dot).
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        # Regular files only: a FIFO would block the read, a dangling link has nothing to read.
+        files.extend(p for p in (Path(dirpath) / name for name in sorted(filenames)) if p.is_file())
+    return files
+
+
+@functools.lru_cache(maxsize=4096)
+def _absolute(folder: Path) -> str:
+    """The resolved folder, so a stand-in series key is the same whether the tree was given as a relative
+    or an absolute path, from its root or from the series' own folder."""
+    return str(folder.resolve())
+
+
+def _group_key(header: SliceHeader) -> tuple[str, bool]:
+    """SeriesInstanceUID, or a stand-in built from folder, frame of reference, series number and size."""
+    if header.series_uid:
+        return header.series_uid, False
+    parts = [_absolute(header.path.parent), header.frame_of_reference, header.series_number,
+             f"{header.rows}x{header.columns}"]
+    return "nouid-" + hashlib.sha1("|".join(parts).encode()).hexdigest()[:12], True
+
+
+def _majority_orientation(headers: list[SliceHeader]) -> np.ndarray:
+    clusters: list[tuple[np.ndarray, int]] = []
+    for h in headers:
+        for i, (iop, count) in enumerate(clusters):
+            if np.allclose(iop, h.orientation, atol=_ORIENTATION_TOL):
+                clusters[i] = (iop, count + 1)
+                break
+        else:
+            clusters.append((h.orientation, 1))
+    return max(clusters, key=lambda c: c[1])[0]
+
+
+def _series_number(headers: list[SliceHeader]) -> int | None:
+    try:
+        return int(float(headers[0].series_number))
+    except (TypeError, ValueError):
+        return None
+
+
+def _common_folder(paths: list[Path]) -> Path:
+    return Path(os.path.commonpath([str(p.parent) for p in paths]))
+
+
+def filter_series_slices(headers: list[SliceHeader], root: Path, notes: list[str]) -> list[SliceHeader]:
+    """Drop files that cannot be slices of this stack (localizers, other planes, colour, multi-frame)."""
+    kept = []
+    dropped: dict[str, list[Path]] = {}
+
+    def drop(reason: str, h: SliceHeader) -> None:
+        dropped.setdefault(reason, []).append(h.path)
+
+    for h in headers:
+        if not h.has_pixels or h.rows == 0 or h.columns == 0:
+            drop("no image pixels (a report, structure set or presentation state)", h)
+        elif h.is_localizer:
+            drop("localizer (scout) image", h)
+        elif h.samples_per_pixel != 1 or not h.photometric.startswith("MONOCHROME"):
+            drop(f"colour image ({h.photometric}), e.g. a screenshot or dose report", h)
+        elif h.frames > 1:
+            drop(f"multi-frame image without per-frame geometry ({h.frames} frames; convert it with dcm2niix "
+                 "first)", h)
+        elif h.position is None or h.orientation is None or h.pixel_spacing is None:
+            drop("no ImagePositionPatient/ImageOrientationPatient/PixelSpacing (not a cross-sectional "
+                 "slice: a secondary capture or dose report)", h)
+        else:
+            kept.append(h)
+    if kept:
+        iop = _majority_orientation(kept)
+        same = [h for h in kept if np.allclose(h.orientation, iop, atol=_ORIENTATION_TOL)]
+        for h in kept:
+            if not np.allclose(h.orientation, iop, atol=_ORIENTATION_TOL):
+                drop("orientation differs from the rest of the series (a localizer or reformat)", h)
+        kept = same
+    for reason, paths in dropped.items():
+        paths = list(dict.fromkeys(paths))  # the frames of one multi-frame file share a path
+        notes.append(f"skipped {len(paths)} file(s), {reason}: {name_files(paths, root)}")
+    return kept
+
+
+def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
+    """Walk ``root`` once; the shared engine behind `find_dicom_series` and `read_dicom_series`."""
+    root = Path(root)
+    if not root.exists():
+        raise CTSynthError("the input does not exist", root, "check the path")
+    notes: list[str] = []
+    not_dicom: list[Path] = []
+    dicomdirs: list[Path] = []
+    broken: list[tuple[Path, str]] = []
+    groups: dict[str, list[SliceHeader]] = {}
+    synthetic_keys: set[str] = set()
+    n_dicom = 0
+    for path in _walk_files(root):
+        try:
+            file_headers = read_slice_headers(path)
+        except NotDicomError:
+            not_dicom.append(path)
+            continue
+        except BrokenDicomError as exc:
+            broken.append((path, str(exc)))
+            continue
+        if file_headers is None:
+            dicomdirs.append(path)
+            continue
+        n_dicom += 1
+        for header in file_headers:
+            key, synthetic = _group_key(header)
+            if synthetic:
+                synthetic_keys.add(key)
+            groups.setdefault(key, []).append(header)
+    if not_dicom:
+        notes.append(f"skipped {len(not_dicom)} non-DICOM file(s): {name_files(not_dicom, root)}")
+    if dicomdirs:
+        notes.append(f"skipped DICOMDIR index file(s) (the images are read directly): "
+                     f"{name_files(dicomdirs, root)}")
+    for path, why in broken:
+        notes.append(f"unreadable DICOM file (truncated or corrupt header: {why}): {name_files([path], root)}")
+
+    series: list[DicomSeriesRef] = []
+    other: list[DicomSeriesRef] = []
+    for key, headers in groups.items():
+        series_notes: list[str] = []
+        folder = _common_folder([h.path for h in headers])
+        if key in synthetic_keys:
+            series_notes.append(f"{len(headers)} file(s) in {_relative(folder, root)} have no SeriesInstanceUID; "
+                                "grouped them by "
+                                f"folder, frame of reference, series number and image size as series {key}")
+        modalities = Counter(h.modality or "" for h in headers)
+        modality = modalities.most_common(1)[0][0]
+        is_ct = all(looks_like_ct(h) for h in headers)
+        if not modality and is_ct:
+            modality = "CT"
+            series_notes.append(f"series {key} has no Modality tag; read as CT because its SOP class or "
+                                "rescale tags are CT's")
+        description = headers[0].description
+        if not is_ct:
+            ref = DicomSeriesRef(uid=key, folder=folder, files=list(dict.fromkeys(h.path for h in headers)),
+                                 modality=modality or "unknown", description=description,
+                                 n_slices=len(headers), notes=series_notes, headers=headers)
+            other.append(ref)
+            notes.append(f"skipped series {key}, modality {modality or 'unknown'}, not CT: "
+                         f"{name_files(ref.files, root)}")
+            continue
+        kept = filter_series_slices(headers, root, series_notes)
+        if not kept:
+            notes.extend(series_notes)
+            continue
+        if len(kept) < 2 and not allow_single_slice:
+            notes.extend(series_notes)
+            notes.append(f"skipped single-slice series {key}: {name_files([h.path for h in kept], root)}")
+            continue
+        kept.sort(key=lambda h: (str(h.path), h.frame or 0))
+        series.append(DicomSeriesRef(uid=key, folder=folder, files=list(dict.fromkeys(h.path for h in kept)),
+                                     modality=modality,
+                                     description=description, n_slices=len(kept), notes=series_notes,
+                                     headers=kept, series_number=_series_number(kept)))
+        notes.extend(series_notes)
+    series.sort(key=lambda r: (str(r.folder), r.uid))
+    return _Scan(root=root, series=series, other_series=other, broken=broken, notes=notes, n_dicom=n_dicom)
+
+
+def find_dicom_series(root: Path) -> tuple[list[DicomSeriesRef], list[str]]:
+    """Every CT series under ``root`` (a file or a folder tree), and notes on what was skipped and why."""
+    scan = scan_dicom_tree(Path(root))
+    return scan.series, scan.notes

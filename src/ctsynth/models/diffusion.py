@@ -1,0 +1,121 @@
+"""Stage 2: a class-conditional MONAI ``DiffusionModelUNet`` (3D) on the frozen autoencoder's latents.
+
+Conditioning: ``num_class_embeds = len(labels) + 1``; the extra last class is the "null" label used for
+classifier-free guidance (labels are replaced by it with probability ``label_dropout`` in training, and the
+guided prediction is ``uncond + g * (cond - uncond)`` at sampling).
+
+Schedulers (``diffusion.scheduler``):
+- ``"ddim"``: trained with the DDPM noise schedule (``beta_schedule``) and v-prediction, sampled with MONAI
+  ``DDIMScheduler`` (``eta = 0``: deterministic given the initial noise).
+- ``"rflow"``: MONAI ``RFlowScheduler`` (rectified flow, velocity ``x0 - noise``), Euler steps.
+
+Latents are padded (with zeros) to the UNet's divisibility inside training and sampling and cropped back.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.schedulers import DDIMScheduler, RFlowScheduler
+
+from ..config import DiffusionConfig
+from ..errors import CTSynthError
+from .autoencoder import crop_to, pad_to_multiple
+
+SCHEDULERS = ("rflow", "ddim")
+
+
+def unet_multiple(cfg: DiffusionConfig) -> int:
+    return 2 ** (len(cfg.channels) - 1)
+
+
+def build_unet(cfg: DiffusionConfig, latent_channels: int, n_labels: int) -> DiffusionModelUNet:
+    if any(c % cfg.norm_num_groups for c in cfg.channels):
+        raise CTSynthError(f"diffusion.channels {cfg.channels} must all be multiples of "
+                           f"diffusion.norm_num_groups ({cfg.norm_num_groups})", fix="change one of them")
+    if len(cfg.attention_levels) != len(cfg.channels):
+        raise CTSynthError("diffusion.attention_levels must have one entry per diffusion.channels entry")
+    return DiffusionModelUNet(
+        spatial_dims=3, in_channels=latent_channels, out_channels=latent_channels, channels=cfg.channels,
+        attention_levels=cfg.attention_levels, num_res_blocks=cfg.num_res_blocks,
+        num_head_channels=cfg.num_head_channels, norm_num_groups=cfg.norm_num_groups,
+        num_class_embeds=n_labels + 1, use_flash_attention=cfg.use_flash_attention,
+    )
+
+
+def build_scheduler(cfg: DiffusionConfig) -> DDIMScheduler | RFlowScheduler:
+    if cfg.scheduler == "ddim":
+        return DDIMScheduler(num_train_timesteps=cfg.train_timesteps, schedule=cfg.beta_schedule,
+                             clip_sample=False, prediction_type="v_prediction")
+    if cfg.scheduler == "rflow":
+        return RFlowScheduler(num_train_timesteps=cfg.train_timesteps, use_discrete_timesteps=True,
+                              sample_method=cfg.rflow_timestep_sampling)
+    raise CTSynthError(f"unknown diffusion.scheduler '{cfg.scheduler}'", fix=f"use one of {list(SCHEDULERS)}")
+
+
+def training_loss(unet: torch.nn.Module, scheduler, z0: torch.Tensor, labels: torch.Tensor,
+                  null_label: int, label_dropout: float) -> torch.Tensor:
+    """One denoising loss on clean (scaled, padded) latents ``z0``; randomness from the global torch RNG."""
+    noise = torch.randn_like(z0)
+    drop = torch.rand(labels.shape[0], device=labels.device) < label_dropout
+    labels = torch.where(drop, torch.full_like(labels, null_label), labels)
+    if isinstance(scheduler, RFlowScheduler):
+        t = scheduler.sample_timesteps(z0)
+        target = z0 - noise
+    else:
+        t = torch.randint(0, scheduler.num_train_timesteps, (z0.shape[0],), device=z0.device)
+        target = scheduler.get_velocity(z0, noise, t)
+    noisy = scheduler.add_noise(original_samples=z0, noise=noise, timesteps=t)
+    pred = unet(noisy, timesteps=t, class_labels=labels)
+    return torch.nn.functional.mse_loss(pred.float(), target.float())
+
+
+@torch.no_grad()
+def sample_latents(unet: torch.nn.Module, scheduler, noise: torch.Tensor, labels: torch.Tensor, null_label: int,
+                   guidance: float, steps: int, latent_shape: tuple[int, int, int], eta: float = 0.0,
+                   generators: list[torch.Generator] | None = None) -> torch.Tensor:
+    """Denoise ``noise`` (already padded to the UNet's multiple) into latents cropped to ``latent_shape``.
+
+    Every source of randomness is per sample (``generators[i]`` for DDIM with ``eta > 0``), so a sample does
+    not depend on what else is in its batch.
+    """
+    x = noise
+    if isinstance(scheduler, RFlowScheduler):
+        scheduler.set_timesteps(num_inference_steps=steps, device=x.device)
+        timesteps = scheduler.timesteps
+        nexts = torch.cat([timesteps[1:], torch.zeros(1, dtype=timesteps.dtype, device=timesteps.device)])
+    else:
+        scheduler.set_timesteps(num_inference_steps=steps, device=x.device)
+        timesteps, nexts = scheduler.timesteps, [None] * len(scheduler.timesteps)
+    null = torch.full_like(labels, null_label)
+    for t, t_next in zip(timesteps, nexts):
+        tt = torch.full((x.shape[0],), float(t) if isinstance(scheduler, RFlowScheduler) else int(t),
+                        device=x.device)
+        if guidance == 1.0:
+            pred = unet(x, timesteps=tt, class_labels=labels)
+        else:
+            both = unet(torch.cat([x, x]), timesteps=torch.cat([tt, tt]), class_labels=torch.cat([labels, null]))
+            cond, uncond = both.chunk(2)
+            pred = uncond + guidance * (cond - uncond)
+        pred = pred.float()
+        if isinstance(scheduler, RFlowScheduler):
+            x, _ = scheduler.step(pred, t, x, t_next)
+        elif eta > 0 and generators is not None:
+            x = torch.cat([scheduler.step(pred[i:i + 1], int(t), x[i:i + 1], eta=eta, generator=g)[0]
+                           for i, g in enumerate(generators)])
+        else:
+            x, _ = scheduler.step(pred, int(t), x)
+    return crop_to(x, latent_shape)
+
+
+def pad_latents(z: torch.Tensor, cfg: DiffusionConfig) -> torch.Tensor:
+    return pad_to_multiple(z, unet_multiple(cfg), value=0.0)[0]
+
+
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema = decay * ema + (1 - decay) * model, parameters and floating buffers alike."""
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
+        for e, b in zip(ema.buffers(), model.buffers()):
+            e.copy_(b)

@@ -1,0 +1,171 @@
+"""What both training loops share: the Fabric launcher, stop signals, the deterministic data order, logs.
+
+Data order is a pure function of ``(seed, step)``: global sample ``g`` (counted over steps, micro-batches,
+ranks and batch slots) is study ``permutation(seed, epoch)[g mod n]`` (a fresh shuffle per epoch), and its
+patch and augmentation come from :mod:`ctsynth.data`, a pure function of ``(seed, index)``. So a resumed run
+sees exactly the batches an uninterrupted run would, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from ..errors import CTSynthError
+from ..io.atomic import atomic_write_text
+
+STRATEGIES = ("auto", "ddp", "fsdp")
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+
+
+@dataclass
+class LaunchOptions:
+    """How Fabric runs: the same flags for `train` and `generate`."""
+
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str | None = None  # None: the config's train.precision
+
+
+def make_fabric(opts: LaunchOptions, precision: str):
+    """Create and launch a Fabric; with several devices this starts the other ranks (re-running the command)."""
+    from lightning.fabric import Fabric
+
+    if opts.strategy not in STRATEGIES:
+        raise CTSynthError(f"unknown strategy '{opts.strategy}'", fix=f"use one of {list(STRATEGIES)}")
+    if precision not in PRECISIONS:
+        raise CTSynthError(f"unknown precision '{precision}'", fix=f"use one of {list(PRECISIONS)}")
+    if opts.strategy == "fsdp":
+        raise CTSynthError(
+            "--strategy fsdp is not supported yet: the EMA and the safetensors checkpoints need whole (unsharded) "
+            "parameters on every rank", fix="use --strategy ddp (the lung and full models fit one 80 GB GPU each)")
+    strategy: Any = opts.strategy
+    if strategy == "ddp" and (opts.accelerator == "cpu" or not torch.cuda.is_available()):
+        from lightning.fabric.strategies import DDPStrategy
+        strategy = DDPStrategy(process_group_backend="gloo")
+    try:
+        fabric = Fabric(accelerator=opts.accelerator, devices=opts.devices, num_nodes=opts.num_nodes,
+                        strategy=strategy, precision=precision)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise CTSynthError(f"cannot start training with these launcher settings ({exc})",
+                           fix="check --accelerator/--devices/--strategy/--precision for this machine") from exc
+    fabric.launch()
+    return fabric
+
+
+class StopFlag:
+    """SIGTERM/SIGINT set a flag the loop checks after each step, so a checkpoint is written before exiting."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopFlag":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handlers, the loop still stops on its own
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\nctsynth: got {signal.Signals(signum).name}; writing a checkpoint, then stopping", file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def study_for_sample(k: int, n: int, seed: int) -> int:
+    """The study (index into the training list) that global sample ``k`` comes from: a fresh shuffle per epoch."""
+    epoch, pos = divmod(k, n)
+    return int(np.random.default_rng([seed, epoch]).permutation(n)[pos])
+
+
+def sample_ids(step: int, micro: int, accum: int, rank: int, world: int, batch: int) -> list[int]:
+    """Global sample numbers of one micro-batch of one rank."""
+    t = step * accum + micro
+    return [(t * world + rank) * batch + b for b in range(batch)]
+
+
+class StepSampler(Sampler[int]):
+    """Infinite sampler of this rank's dataset indices from a given step on (see the module docstring).
+
+    Global sample ``g`` maps to index ``study + n * g`` of a :mod:`ctsynth.data` dataset, whose item ``k`` is
+    study ``k mod n`` with its patch and augmentation drawn from ``(seed, k)``: a new patch for every ``g``.
+    """
+
+    def __init__(self, start_step: int, accum: int, rank: int, world: int, batch: int, n: int, seed: int) -> None:
+        self.start_step, self.accum, self.rank, self.world, self.batch = start_step, accum, rank, world, batch
+        self.n, self.seed = n, seed
+
+    def __iter__(self) -> Iterator[int]:
+        step = self.start_step
+        while True:
+            for micro in range(self.accum):
+                for g in sample_ids(step, micro, self.accum, self.rank, self.world, self.batch):
+                    yield study_for_sample(g, self.n, self.seed) + self.n * g
+            step += 1
+
+
+def label_indices(entries: list[dict[str, Any]], labels: tuple[str, ...], prep_dir: Path) -> list[int]:
+    index = {name: i for i, name in enumerate(labels)}
+    bad = sorted({str(e.get("label")) for e in entries if e.get("label") not in index})
+    if bad:
+        raise CTSynthError(f"cache has studies labelled {bad}, not in the config's labels {list(labels)}",
+                           prep_dir, "relabel the data or set data.labels in the config")
+    return [index[e["label"]] for e in entries]
+
+
+class JsonlLog:
+    """Per-step metrics appended to ``<stage>/log.jsonl`` (rank 0 only); a resumed run appends."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+        self._fh = open(path, "a", encoding="utf-8") if enabled else None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._fh is not None:
+            self._fh.write(json.dumps(record) + "\n")
+            self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+def progress_bar(enabled: bool, total: int, initial: int, desc: str):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.5, unit="step")
+
+
+def write_json(path: Path, value: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True))
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+def gather_rng_states(fabric, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every rank's RNG state (in rank order), so each rank resumes from its own stream."""
+    if fabric.world_size == 1:
+        return [state]
+    gathered: list[Any] = [None] * fabric.world_size
+    torch.distributed.all_gather_object(gathered, state)
+    return gathered

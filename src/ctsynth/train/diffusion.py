@@ -1,0 +1,166 @@
+"""Stage 2 loop: the class-conditional latent diffusion UNet on the frozen autoencoder's latents.
+
+First the training studies are encoded once (latent means, whole volumes; rank 0) into
+``RUN/diffusion/latents.safetensors`` with the latent scale factor ``1 / std``. Each step draws latents in
+the deterministic order of :mod:`ctsynth.train.common`, scales and pads them, and takes one denoising loss
+(DDPM/v-prediction for DDIM sampling, or rectified flow); the EMA copy of the UNet is what sampling uses.
+Outputs in ``RUN/diffusion/``: checkpoints, ``log.jsonl``, ``model.safetensors`` (``unet`` and ``ema``),
+and, last, ``done.json`` (latent scale and shape, labels).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..checkpoint import load_weights, save_weights
+from ..config import Config
+from ..errors import CTSynthError
+from ..io.atomic import atomic_file
+from ..models.autoencoder import build_autoencoder, downsampling_factor, encode_volume
+from ..models.diffusion import build_scheduler, build_unet, pad_latents, training_loss, update_ema
+from ..data import CacheVolumes
+from .common import JsonlLog, StopFlag, label_indices, now, progress_bar, sample_ids, study_for_sample, write_json
+from .state import check_fresh_or_resume, load_stage, save_stage, set_lr, warn
+
+STAGE = "diffusion"
+
+
+def load_frozen_autoencoder(run_dir: Path, config: Config, device: torch.device | str = "cpu") -> torch.nn.Module:
+    done = run_dir / "autoencoder" / "done.json"
+    if not done.is_file():
+        raise CTSynthError("the autoencoder stage has not finished", run_dir / "autoencoder",
+                           "run `ctsynth train` (with --resume) until stage 1 is done")
+    ae = build_autoencoder(config.autoencoder)
+    try:
+        ae.load_state_dict(load_weights(run_dir / "autoencoder" / "model.safetensors")["autoencoder"])
+    except (KeyError, RuntimeError) as exc:
+        raise CTSynthError(f"autoencoder weights do not match the config ({exc})",
+                           run_dir / "autoencoder" / "model.safetensors", "re-train stage 1") from exc
+    return ae.to(device).eval().requires_grad_(False)
+
+
+def encode_training_set(fabric, config: Config, prep_dir: Path, run_dir: Path, entries: list[dict]) -> dict:
+    """Latent means of the training studies + labels + scale (1/std), cached in ``latents.safetensors``."""
+    path = run_dir / STAGE / "latents.safetensors"
+    if fabric.global_rank == 0 and not path.is_file():
+        ae = load_frozen_autoencoder(run_dir, config, fabric.device)
+        factor = downsampling_factor(config.autoencoder)
+        mus = []
+        volumes = CacheVolumes(prep_dir, entries=entries)
+        for k in range(len(volumes)):
+            with fabric.autocast():
+                mus.append(encode_volume(ae, volumes[k]["image"][None].to(fabric.device), factor).float().cpu())
+        latents = torch.cat(mus)
+        std = float(latents.std())
+        scale = torch.tensor(1.0 / std if std > 0 else 1.0)
+        labels = torch.tensor(label_indices(entries, config.data.labels, prep_dir), dtype=torch.int64)
+        with atomic_file(path) as tmp:
+            save_file({"latents": latents.contiguous(), "labels": labels, "scale": scale}, str(tmp))
+    fabric.barrier()
+    data = load_file(str(path))
+    if data["latents"].shape[0] != len(entries):
+        raise CTSynthError("latents.safetensors does not match the cache's training studies", path,
+                           "delete it and resume: it is recomputed")
+    return data
+
+
+def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entries: dict[str, list],
+                    resume: bool = False, stop_after: int | None = None,
+                    fault: Callable[[int], bool] | None = None) -> str:
+    """Train stage 2 into ``run_dir/diffusion``. Returns "done" or "stopped"."""
+    cfg, tcfg = config.diffusion, config.train
+    stage_dir = run_dir / STAGE
+    if (stage_dir / "done.json").is_file():
+        return "done"
+    check_fresh_or_resume(stage_dir, resume)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    data = encode_training_set(fabric, config, prep_dir, run_dir, entries["train"])
+    latents, labels, scale = data["latents"], data["labels"], float(data["scale"])
+    null_label = len(config.data.labels)
+    fabric.seed_everything(tcfg.seed + fabric.global_rank, verbose=False)
+
+    unet = build_unet(cfg, config.autoencoder.latent_channels, len(config.data.labels))
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=tcfg.weight_decay)
+    unet, opt = fabric.setup(unet, opt)
+    ema = ema.to(fabric.device)
+    scheduler = build_scheduler(cfg)
+    modules, optimizers = {"unet": unet, "ema": ema}, {"opt": opt}
+
+    step, lr_scale = 0, 1.0
+    state = load_stage(fabric, stage_dir, modules, optimizers, restore_rng=True) if resume else None
+    if state is not None:
+        step, lr_scale = state["step"], state.get("lr_scale", 1.0)
+        warn(fabric, f"resuming {STAGE} from step {step} ({state['path']})")
+    set_lr(optimizers, cfg.lr, lr_scale)
+
+    n = latents.shape[0]
+    log = JsonlLog(stage_dir / "log.jsonl", fabric.global_rank == 0)
+    bar = progress_bar(fabric.global_rank == 0, cfg.steps, step, STAGE)
+    bad_in_a_row, status, t0 = 0, "done", now()
+    with StopFlag() as stop:
+        while step < cfg.steps:
+            total = 0.0
+            for micro in range(tcfg.grad_accum):
+                ids = sample_ids(step, micro, tcfg.grad_accum, fabric.global_rank, fabric.world_size, cfg.batch_size)
+                idx = torch.tensor([study_for_sample(k, n, tcfg.seed) for k in ids])
+                z0 = pad_latents(latents[idx] * scale, cfg).to(fabric.device)
+                with fabric.no_backward_sync(unet, enabled=micro < tcfg.grad_accum - 1):
+                    loss = training_loss(unet, scheduler, z0, labels[idx].to(fabric.device), null_label,
+                                         cfg.label_dropout)
+                    if fault is not None and fault(step):
+                        loss = loss * float("nan")
+                    fabric.backward(loss / tcfg.grad_accum)
+                total += float(loss.detach()) / tcfg.grad_accum
+
+            if fabric.strategy.reduce_boolean_decision(not math.isfinite(total), all=False):
+                opt.zero_grad(set_to_none=True)
+                bad_in_a_row += 1
+                log.write({"step": step, "skipped": "non-finite loss", "loss": str(total)})
+                if bad_in_a_row >= tcfg.nan_patience:
+                    state = load_stage(fabric, stage_dir, modules, optimizers, restore_rng=False)
+                    if state is not None:
+                        step = state["step"]
+                    lr_scale *= 0.5
+                    set_lr(optimizers, cfg.lr, lr_scale)
+                    warn(fabric, f"{bad_in_a_row} non-finite losses in a row: restored "
+                                 f"{state['path'] if state else 'nothing (no checkpoint yet)'}, "
+                                 f"learning rate halved to {cfg.lr * lr_scale:g}")
+                    bad_in_a_row = 0
+                    bar.n = step
+                continue
+            bad_in_a_row = 0
+            if tcfg.max_grad_norm > 0:
+                fabric.clip_gradients(unet, opt, max_norm=tcfg.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            update_ema(ema, unet.module, cfg.ema_decay)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.4f}")
+            if step % tcfg.log_every == 0 or step == cfg.steps:
+                log.write({"step": step, "loss": total, "lr": cfg.lr * lr_scale, "time_s": round(now() - t0, 3)})
+            stopping = fabric.strategy.reduce_boolean_decision(
+                stop.requested or (stop_after is not None and step >= stop_after), all=False)
+            if step % tcfg.checkpoint_every == 0 or step == cfg.steps or stopping:
+                save_stage(fabric, stage_dir, step, modules, optimizers, config,
+                           {"stage": STAGE, "lr_scale": lr_scale, "latent_scale": scale})
+            if stopping and step < cfg.steps:
+                status = "stopped"
+                break
+    bar.close()
+    log.close()
+    if status == "done" and fabric.global_rank == 0:
+        save_weights(stage_dir / "model.safetensors", {"unet": unet.module.state_dict(), "ema": ema.state_dict()})
+        write_json(stage_dir / "done.json", {
+            "stage": STAGE, "step": step, "weights": "model.safetensors", "config_hash": config.hash(),
+            "latent_scale": scale, "latent_shape": list(latents.shape[1:]), "labels": list(config.data.labels),
+            "null_label": null_label, "scheduler": cfg.scheduler})
+    fabric.barrier()
+    return status

@@ -1,0 +1,73 @@
+"""Checkpoint plumbing shared by the two loops: save (rank 0 writes, every rank's RNG inside), resume, restore."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import list_checkpoints, load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..config import Config
+from ..errors import CTSynthError
+from .common import gather_rng_states
+
+
+def save_stage(fabric, stage_dir: Path, step: int, modules: dict[str, torch.nn.Module],
+               optimizers: dict[str, torch.optim.Optimizer], config: Config, extra: dict[str, Any]) -> None:
+    """Checkpoint ``step``: every rank takes part (RNG gather), rank 0 writes, all wait for it."""
+    rngs = gather_rng_states(fabric, rng_state())
+    if fabric.global_rank == 0:
+        state = dict(extra, config=config.to_dict(), hu_window=list(config.data.hu_window),
+                     labels=list(config.data.labels),
+                     world_size=fabric.world_size, rng=rngs)
+        save_checkpoint(stage_dir, step, {k: m.state_dict() for k, m in modules.items()},
+                        {k: o.state_dict() for k, o in optimizers.items()}, state, config.train.keep_last)
+    fabric.barrier()
+
+
+def check_fresh_or_resume(stage_dir: Path, resume: bool) -> None:
+    """An unfinished stage with checkpoints is only continued with --resume; never silently overwritten."""
+    if not resume and list_checkpoints(stage_dir):
+        raise CTSynthError("this run folder holds checkpoints of an unfinished run", stage_dir.parent,
+                           "add --resume to continue it, or choose a new --out folder")
+
+
+def load_stage(fabric, stage_dir: Path, modules: dict[str, torch.nn.Module],
+               optimizers: dict[str, torch.optim.Optimizer], restore_rng: bool) -> dict[str, Any] | None:
+    """Load the newest valid checkpoint into (already set up) modules and optimizers; returns its state."""
+    found = load_latest_checkpoint(stage_dir)
+    if found is None:
+        return None
+    path, (weights, opt_states, state) = found
+    try:
+        for name, module in modules.items():
+            module.load_state_dict(weights[name])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(opt_states[name])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CTSynthError(f"checkpoint does not match this model ({exc})", path,
+                           "resume with the config the run was started with, or start a new --out folder") from exc
+    if restore_rng:
+        rngs = state.get("rng", [])
+        if len(rngs) == fabric.world_size:
+            set_rng_state(rngs[fabric.global_rank])
+        else:
+            fabric.seed_everything(state["config"]["train"]["seed"] + fabric.global_rank + state["step"],
+                                   verbose=False)
+            warn(fabric, f"checkpoint was written by {len(rngs)} rank(s), now {fabric.world_size}: "
+                         "random streams are re-seeded, so this run will not match an uninterrupted one bit for bit")
+    state["path"] = str(path)
+    return state
+
+
+def set_lr(optimizers: dict[str, torch.optim.Optimizer], base_lr: float, scale: float) -> None:
+    for opt in optimizers.values():
+        for group in opt.param_groups:
+            group["lr"] = base_lr * scale
+
+
+def warn(fabric, message: str) -> None:
+    if fabric.global_rank == 0:
+        print(f"ctsynth: warning: {message}", file=sys.stderr)

@@ -1,0 +1,84 @@
+"""Anatomy in HU against known answers: a constructed lung with vessels and lesions of known size, the
+phantom's own masks, and the phantom's saved lesion ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _evaluate_cohorts import case
+from ctsynth.evaluate.anatomy import QUANTITIES, TISSUES, lesion_masks, measure_anatomy
+from ctsynth.segment import body_mask, lung_mask, split_lungs
+
+
+def _measure(volume):
+    hu = np.asarray(volume.hu, dtype=np.float32)
+    body = body_mask(hu, spacing_mm=volume.spacing_mm)
+    lung = lung_mask(volume) & body
+    left, right = split_lungs(lung, direction=volume.direction)
+    return measure_anatomy(hu, volume.spacing_mm, body, lung, left, right)
+
+
+def _lung_with_lesions(seed: int):
+    """A 1 mm lung block at -850 HU with noise, thin vessels and lesions of known volume."""
+    rng = np.random.default_rng(seed)
+    shape = (48, 96, 96)
+    hu = np.full(shape, -850.0, dtype=np.float32)
+    for _ in range(40):  # vessels: straight lines 1-2 voxels thick at blood HU
+        axis = rng.integers(3)
+        z, y, x = (int(rng.integers(2, s - 2)) for s in shape)
+        sl = [slice(z, z + 2), slice(y, y + 1), slice(x, x + 2)]
+        sl[axis] = slice(None)
+        hu[tuple(sl)] = 40.0
+    truth = np.zeros(shape, dtype=bool)
+    zz, yy, xx = np.indices(shape)
+    for k in range(4):
+        centre = rng.uniform([10, 20, 20], [38, 76, 76])
+        radius = rng.uniform(5, 9)
+        blob = (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius ** 2
+        truth |= blob
+        hu[blob] = -500.0 if k % 2 else 0.0  # ground glass and consolidation
+    hu += rng.normal(0.0, 25.0, shape).astype(np.float32)
+    return hu, np.ones(shape, dtype=bool), truth
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lesion_fraction_of_a_known_construction_within_10_percent(seed):
+    hu, lung, truth = _lung_with_lesions(seed)
+    lesion, ggo, consolidation = lesion_masks(hu, lung, (1.0, 1.0, 1.0))
+    assert lesion.sum() / lung.sum() == pytest.approx(truth.sum() / lung.sum(), rel=0.10)
+    assert ggo.any() and consolidation.any()
+    assert (lesion & ~truth).sum() < 0.05 * truth.sum()  # vessels are not lesions
+
+
+def test_thin_vessels_are_not_lesions():
+    hu = np.full((20, 40, 40), -850.0, dtype=np.float32)
+    lung = np.ones_like(hu, dtype=bool)
+    hu[:, 20, 20] = 40.0  # a one-voxel vessel along z
+    hu[8:14, 5:13, 5:13] = -500.0  # a ground-glass block of 6 x 8 x 8 voxels
+    lesion, ggo, consolidation = lesion_masks(hu, lung, (1.0, 1.0, 1.0))
+    assert not lesion[:, 18:23, 18:23].any()
+    assert lesion[8:14, 5:13, 5:13].mean() > 0.5  # the opening rounds the block's corners
+    assert ggo.sum() == lesion.sum() and not consolidation.any()
+
+
+def test_normal_phantom_anatomy_matches_its_masks():
+    truth = case(2, "normal")
+    a = _measure(truth.volume)
+    assert set(a) == set(QUANTITIES)
+    assert sum(a[f"fraction_{t}"] for t in TISSUES) == pytest.approx(1.0)
+    assert -950 < a["median_hu_lung_mask"] < -600
+    voxel_ml = float(np.prod(truth.volume.spacing_mm)) / 1000
+    assert a["lung_volume_ml"] == pytest.approx(truth.lung_mask.sum() * voxel_ml, rel=0.15)
+    assert 0.3 < a["left_lung_share"] < 0.7
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: the phantom's lesion mask starts at a 5% HU blend (soft "
+                   "margins) and its lungs at 64 px are dense with partial-volume vessels (a quarter of normal "
+                   "lung voxels above -700 HU), so an HU-range measure cannot recover its ground truth within "
+                   "10%; see docs/evaluation.md")
+@pytest.mark.parametrize("seed", [1, 5])
+def test_lesion_fraction_recovers_the_phantom_ground_truth(seed):
+    truth = case(seed, "covid")
+    measured = _measure(truth.volume)["lesion_fraction"]
+    assert measured == pytest.approx(truth.lesion_fraction, rel=0.10)

@@ -1,0 +1,123 @@
+"""`ctsynth evaluate` end to end on phantom cohorts: metrics.json, the summary, errors, and the HTML report
+opened in headless Chromium (no script errors, every image decoded)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _evaluate_cohorts import GRID, cohort, write_cohort
+from ctsynth.cli import main
+from ctsynth.evaluate.png import encode_png
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+GRID_ARG = ",".join(map(str, GRID))
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    real = write_cohort(root / "real", cohort(0, 16))
+    good = write_cohort(root / "good", cohort(100, 8))
+    bad_volumes = [v.with_hu(np.asarray(v.hu, np.float32) + 150.0) for v in cohort(100, 16)[8:]]
+    bad = write_cohort(root / "bad", bad_volumes)
+    out = root / "report"
+    argv = ["evaluate", "--real", str(real), "--synthetic", str(good), "--synthetic", str(bad), "--out", str(out),
+            "--grid", GRID_ARG, "--encoder-steps", "40", "--classifier-steps", "40", "--bootstrap", "100"]
+    return root, out, argv
+
+
+def test_cli_writes_metrics_and_prints_a_summary(evaluated, capsys):
+    root, out, argv = evaluated
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "good: 8 volumes" in printed and "bad: 8 volumes" in printed and "report.html" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["format"] == "ctsynth-evaluation/1"
+    assert set(metrics["sets"]) == {"good", "bad"}
+    good, bad = metrics["sets"]["good"], metrics["sets"]["bad"]
+    for result in (good, bad):
+        assert {"fidelity", "diversity", "anatomy", "memorisation", "utility", "verdicts"} <= set(result)
+        assert all(r["verdict"] in ("pass", "fail", "n/a") for r in result["verdicts"])
+    fd = lambda r: r["fidelity"]["radiomics"]["synthetic"]["frechet_distance"]  # noqa: E731
+    assert fd(bad) > 3 * fd(good)
+    lung_hu = {r["metric"]: r for r in bad["verdicts"]}["median lung HU difference"]
+    assert lung_hu["verdict"] == "fail" and lung_hu["value"] > 100
+    assert {r["metric"]: r for r in good["verdicts"]}["median lung HU difference"]["verdict"] == "pass"
+    assert good["memorisation"]["ncc"]["n_flagged"] == 0
+    assert (out / "report.html").stat().st_size > 10_000
+
+
+def test_existing_output_is_kept_and_errors_are_one_line(evaluated, capsys):
+    root, out, argv = evaluated
+    if not out.exists():
+        assert main(argv) == 0
+    before = (out / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already exists" in err and "--overwrite" in err
+    assert (out / "metrics.json").read_bytes() == before
+    assert main(["evaluate", "--real", str(root / "real"), "--synthetic", str(root / "missing"),
+                 "--out", str(root / "other")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "missing" in err and "fix:" in err
+    assert not (root / "other").exists()
+
+
+def test_png_encoder_round_trip():
+    image = (np.arange(12 * 7) % 256).astype(np.uint8).reshape(12, 7)
+    data = encode_png(image)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    start = data.index(b"IDAT") + 4
+    length = int.from_bytes(data[start - 8:start - 4], "big")
+    raw = np.frombuffer(zlib.decompress(data[start:start + length]), dtype=np.uint8).reshape(12, 8)
+    assert (raw[:, 0] == 0).all() and (raw[:, 1:] == image).all()
+
+
+CHECK_SCRIPT = """<script>
+window.__errors = [];
+window.addEventListener('error', function (e) { window.__errors.push(String(e.message || (e.target && e.target.src) || e)); }, true);
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).length;
+  var div = document.createElement('div');
+  div.id = 'ctsynth-check';
+  div.textContent = 'IMAGES=' + imgs.length + ' BROKEN=' + broken + ' ERRORS=' + window.__errors.length;
+  document.body.appendChild(div);
+});
+</script>"""
+
+
+def test_report_opens_in_headless_chromium(evaluated, tmp_path):
+    root, out, argv = evaluated
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (Debian package `chromium`; .ci/run installs it)")
+    if not out.exists():
+        assert main(argv) == 0
+    page = (out / "report.html").read_text()
+    assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    checked = tmp_path / "checked.html"
+    checked.write_text(page.replace("<head>", "<head>" + CHECK_SCRIPT, 1))
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+           "--virtual-time-budget=5000", "--dump-dom", checked.as_uri()]
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("chromium did not finish within 120 s")
+    assert "ctsynth-check" in run.stdout, run.stderr[-2000:]
+    marker = run.stdout.split('id="ctsynth-check">', 1)[1].split("<", 1)[0]
+    n_images = page.count("<img ")
+    assert marker == f"IMAGES={n_images} BROKEN=0 ERRORS=0", marker
+    assert n_images >= 6
+    console_errors = [line for line in run.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()
+                      or "Uncaught" in line]
+    assert not console_errors, console_errors

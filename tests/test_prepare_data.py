@@ -1,0 +1,82 @@
+"""Datasets over the cache: shapes, normalisation, labels, determinism, augmentation sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from ctsynth.config import load_config
+from ctsynth.data import Augment, CachePatchDataset, CacheVolumes
+from ctsynth.preprocess.prepare import prepare_cache
+from ctsynth.preprocess.window import normalise
+from _prepare_cohorts import FakeStudy
+
+
+@pytest.fixture(scope="module")
+def prep(tmp_path_factory):
+    config = load_config("tiny")
+    config.data = dataclasses.replace(config.data, mode="full", shape=(16, 32, 48), held_out_fraction=0.25)
+    out = tmp_path_factory.mktemp("prep") / "cache"
+    studies = [FakeStudy(i) for i in range(6)]
+    prepare_cache(out.parent / "data", config, out, progress=False, discover=lambda *a, **k: studies)
+    return out
+
+
+def test_whole_volumes_are_normalised_and_labelled(prep):
+    volumes = CacheVolumes(prep, split="train")
+    assert len(volumes) == 4
+    for k in range(len(volumes)):
+        item = volumes[k]
+        entry = volumes.entries[k]
+        hu = np.load(prep / entry["file"])
+        assert item["image"].shape == (1, 16, 32, 48) and item["image"].dtype == torch.float32
+        assert torch.equal(item["image"][0], torch.from_numpy(normalise(hu, (-1024.0, 1500.0))))
+        assert item["label"] == ("normal", "covid").index(entry["label"])
+        assert item["id"] == entry["id"]
+
+
+def test_patches_have_the_right_shape_and_are_deterministic(prep):
+    a = CachePatchDataset(prep, patch=(8, 16, 16), seed=7, patches_per_study=3)
+    b = CachePatchDataset(prep, patch=(8, 16, 16), seed=7, patches_per_study=3)
+    c = CachePatchDataset(prep, patch=(8, 16, 16), seed=8, patches_per_study=3)
+    assert len(a) == 12
+    items = [a[k]["image"] for k in range(len(a))]
+    assert all(x.shape == (1, 8, 16, 16) for x in items)
+    assert all(torch.equal(a[k]["image"], b[k]["image"]) for k in (0, 5, 11))  # fresh dataset, same items
+    assert all(torch.equal(a[k]["image"], items[k]) for k in (11, 0))  # order of access does not matter
+    assert not all(torch.equal(items[k], c[k]["image"]) for k in range(len(a)))
+    # A patch is a window of the cached volume, without augmentation.
+    volume = normalise(np.load(prep / a.entries[0]["file"]), (-1024.0, 1500.0))
+    patch = items[0][0].numpy()
+    found = any(np.array_equal(volume[z:z + 8, y:y + 16, x:x + 16], patch)
+                for z in range(9) for y in range(17) for x in range(33))
+    assert found
+    # Patch larger than the volume: clipped to it.
+    big = CachePatchDataset(prep, patch=(64, 64, 64), seed=0)
+    assert big[0]["image"].shape == (1, 16, 32, 48)
+
+
+def test_augmented_patches_are_deterministic_small_and_unflipped(prep):
+    plain = CachePatchDataset(prep, patch=(8, 16, 16), seed=3)
+    aug = CachePatchDataset(prep, patch=(8, 16, 16), seed=3, augment=Augment(prob=1.0))
+    again = CachePatchDataset(prep, patch=(8, 16, 16), seed=3, augment=Augment(prob=1.0))
+    for k in range(3):
+        x, y = aug[k]["image"], again[k]["image"]
+        assert x.shape == (1, 8, 16, 16)
+        assert torch.equal(x, y)
+        assert not torch.equal(x, plain[k]["image"])
+        # Small changes: the same anatomy, a few percent off (a flip or a large rotation would be far more).
+        assert (x - plain[k]["image"]).abs().mean() < 0.1
+    assert not Augment().flip_lr
+    whole = CacheVolumes(prep, split="train", augment=Augment(prob=1.0), seed=1)
+    assert whole[0]["image"].shape == (1, 16, 32, 48)
+
+
+def test_empty_split_is_a_clear_error(prep):
+    from ctsynth.errors import CTSynthError
+
+    with pytest.raises(CTSynthError, match="no"):
+        CacheVolumes(prep, split="validation")

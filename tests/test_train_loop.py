@@ -1,0 +1,151 @@
+"""Training: both stages on the tiny config, resume (bit-exact on CPU), NaN guard, DDP on 2 CPU processes, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ctsynth.cli import main
+from ctsynth.config import load_config
+from ctsynth.train import LaunchOptions, train
+from train_fixtures import make_tiny_cache, read_log, trained_tiny_run
+
+CPU = LaunchOptions(accelerator="cpu")
+
+
+def weights_equal(a: Path, b: Path) -> bool:
+    wa, wb = load_file(str(a)), load_file(str(b))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_tiny_config_trains_both_stages_and_losses_fall(tmp_path_factory):
+    _, run = trained_tiny_run(tmp_path_factory)
+    for stage in ("autoencoder", "diffusion"):
+        losses = [r["loss"] for r in read_log(run / stage / "log.jsonl") if "skipped" not in r]
+        assert len(losses) == 16
+        assert np.mean(losses[-4:]) < 0.85 * np.mean(losses[:4]), (stage, losses)
+        done = json.loads((run / stage / "done.json").read_text())
+        assert done["step"] == 16 and (run / stage / "model.safetensors").is_file()
+        assert len(list((run / stage).glob("ckpt-*"))) == 2  # keep_last
+        state = json.loads(next((run / stage).glob("ckpt-*")).joinpath("state.json").read_text())
+        assert state["hu_window"] == [-1024.0, 1500.0] and state["config"]["name"] == "tiny"
+    metrics = json.loads((run / "autoencoder" / "metrics.json").read_text())
+    assert metrics["split"] == "held_out" and metrics["n_studies"] == 2
+    assert 5 < metrics["psnr_db"] < 60 and -1 < metrics["ssim"] <= 1
+    done = json.loads((run / "diffusion" / "done.json").read_text())
+    assert done["latent_shape"] == [2, 4, 8, 12] and done["latent_scale"] > 0
+
+
+def test_finished_stages_are_not_retrained(tmp_path_factory):
+    prep, run = trained_tiny_run(tmp_path_factory)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")}
+    assert train(prep, load_config("tiny"), run, CPU) == "done"
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")} == before
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path_factory, tmp_path):
+    prep, reference = trained_tiny_run(tmp_path_factory)
+    run = tmp_path / "run"
+    config = load_config("tiny")
+    assert train(prep, config, run, CPU, stop_after={"autoencoder": 6}) == "stopped"
+    assert (run / "autoencoder" / "ckpt-00000006").is_dir() and not (run / "autoencoder" / "done.json").exists()
+    assert train(prep, config, run, CPU, resume=True, stop_after={"diffusion": 9}) == "stopped"
+    assert train(prep, config, run, CPU, resume=True) == "done"
+    for stage in ("autoencoder", "diffusion"):
+        assert weights_equal(run / stage / "model.safetensors", reference / stage / "model.safetensors"), stage
+
+
+def test_unfinished_run_needs_resume_and_other_config_cache_is_refused(tmp_path, capsys):
+    prep = make_tiny_cache(tmp_path / "prep", n=3, n_held_out=1)
+    run = tmp_path / "run"
+    assert train(prep, load_config("tiny"), run, CPU, stop_after={"autoencoder": 2}) == "stopped"
+    listing = sorted(p.relative_to(run) for p in run.rglob("*"))
+    capsys.readouterr()
+    code = main(["train", str(prep), "--config", "tiny", "--out", str(run), "--accelerator", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--resume" in err and len(err.splitlines()) == 1
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == listing
+
+    other = tmp_path / "other.yaml"
+    other.write_text("data:\n  mode: full\n  shape: [16, 32, 32]\n")
+    code = main(["train", str(prep), "--config", str(other), "--out", str(tmp_path / "run2")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "another data config" in err and "--config tiny" in err
+    assert not (tmp_path / "run2").exists()
+
+
+def test_nan_loss_is_skipped_then_checkpoint_restored_with_lower_lr(tmp_path, capsys):
+    prep = make_tiny_cache(tmp_path / "prep", n=3, n_held_out=1)
+    run = tmp_path / "run"
+    calls = {"n": 0}
+
+    def fault(stage: str, step: int) -> bool:  # step 5 of stage 1 fails 3 times in a row (patience 3)
+        if stage == "autoencoder" and step == 5 and calls["n"] < 3:
+            calls["n"] += 1
+            return True
+        return False
+
+    assert train(prep, load_config("tiny"), run, CPU, fault=fault) == "done"
+    records = read_log(run / "autoencoder" / "log.jsonl")
+    skipped = [r for r in records if "skipped" in r]
+    assert [r["step"] for r in skipped] == [5, 5, 5]
+    err = capsys.readouterr().err
+    assert "3 non-finite losses in a row" in err and "ckpt-00000004" in err and "halved to 0.001" in err
+    after = [r for r in records if "skipped" not in r and r["step"] > 5]
+    assert after and all(r["lr"] == pytest.approx(0.001) for r in after)
+    assert all(np.isfinite(r["loss"]) for r in after)
+    state = json.loads((run / "autoencoder" / "ckpt-00000016" / "state.json").read_text())
+    assert state["lr_scale"] == 0.5
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_trains(tmp_path):
+    prep = make_tiny_cache(tmp_path / "prep", n=4, n_held_out=1)
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "ctsynth", "train", str(prep), "--config", "tiny", "--out", str(run),
+                           "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines() == [str(run.resolve())]  # printed by rank 0 only
+    assert "Starting with 2 processes" in proc.stderr + proc.stdout
+    for stage in ("autoencoder", "diffusion"):
+        assert (run / stage / "done.json").is_file()
+        state = json.loads(sorted((run / stage).glob("ckpt-*"))[-1].joinpath("state.json").read_text())
+        assert state["world_size"] == 2 and len(state["rng"]) == 2 and state["rng"][0] != state["rng"][1]
+        losses = [r["loss"] for r in read_log(run / stage / "log.jsonl")]
+        assert len(losses) == 16 and all(np.isfinite(losses))
+
+
+def test_sigterm_writes_a_checkpoint_before_exiting(tmp_path):
+    """A real signal: the subprocess stops after its current step with a checkpoint and exit 130."""
+    prep = make_tiny_cache(tmp_path / "prep", n=3, n_held_out=1)
+    slow = tmp_path / "slow.yaml"
+    slow.write_text((Path(__file__).parents[1] / "src/ctsynth/configs/tiny.yaml").read_text()
+                    .replace("steps: 16\n  adv_start_step", "steps: 100000\n  adv_start_step"))
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "ctsynth", "train", str(prep), "--config", str(slow),
+                             "--out", str(run), "--accelerator", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = run / "autoencoder" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(15)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "got SIGTERM" in err and "--resume" in err
+    ckpts = sorted((run / "autoencoder").glob("ckpt-*"))
+    assert ckpts, err[-2000:]
+    state = json.loads(ckpts[-1].joinpath("state.json").read_text())
+    assert state["step"] >= 2 and state["step"] < 100000
