@@ -61,3 +61,33 @@ def summaries(volumes: list[CTVolume], group: str = "real"):
     from ctsynth.evaluate.inputs import to_grid
 
     return [summarise_volume(to_grid(v, GRID), study_id=f"{group}_{k}", group=group) for k, v in enumerate(volumes)]
+
+
+def conspicuous_cohort(seed0: int, n: int) -> tuple[list[CTVolume], list[str]]:
+    """Phantom anatomy with lesions a classifier on 16x48x64 thumbnails can see.
+
+    The phantom's own lesions at 64 px are too faint to see at thumbnail size (a 25% lesion case looks like
+    its lesion-free twin), so every other case gets four ground-glass spheres of 30-40 mm radius (about a fifth of the lungs) at
+    -450 HU painted inside its lung mask; labels follow ("covid" with spheres, "normal" without).
+    """
+    volumes, labels = [], []
+    for k in range(n):
+        base = case(seed0 + k, labels_for(n)[k])
+        hu = np.asarray(base.volume.hu, dtype=np.float32).copy()
+        label = "covid" if k % 2 else "normal"
+        if label == "covid":
+            rng = np.random.default_rng(10_000 + seed0 + k)
+            zz, yy, xx = np.indices(hu.shape, dtype=np.float32)
+            sz, sy, sx = base.volume.spacing_mm
+            points = np.argwhere(base.lung_mask)
+            for _ in range(4):
+                c = points[rng.integers(len(points))]
+                r = rng.uniform(30.0, 40.0)
+                ball = ((zz - c[0]) * sz) ** 2 + ((yy - c[1]) * sy) ** 2 + ((xx - c[2]) * sx) ** 2 <= r * r
+                ball &= base.lung_mask
+                hu[ball] = np.maximum(hu[ball], -450.0 + rng.normal(0.0, 20.0, int(ball.sum())))
+        volume = base.volume.with_hu(hu)
+        volume.label = label
+        volumes.append(volume)
+        labels.append(label)
+    return volumes, labels

@@ -68,22 +68,22 @@ def test_cli_writes_int16_hu_with_spacing_and_sidecars_and_skips_done(run_dir, t
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["written"] == 2 and summary["skipped"] == 0
     for i in range(2):
-        image = sitk.ReadImage(str(out / f"sample_{i:05d}.nii.gz"))
+        image = sitk.ReadImage(str(out / f"normal_{i:05d}.nii.gz"))
         array = sitk.GetArrayFromImage(image)
         assert array.dtype == np.int16 and array.shape == (24, 32, 48)
         # 16 slices of 5 mm resampled to 24 slices keep the 80 mm extent
         assert image.GetSpacing() == pytest.approx((1.25, 1.25, 80 / 24))
         assert -1024 <= array.min() and array.max() <= 1500 and array.std() > 10
-        side = json.loads((out / f"sample_{i:05d}.json").read_text())
+        side = json.loads((out / f"normal_{i:05d}.json").read_text())
         assert side["seed"] == 3 + i and side["label"] == "normal" and side["steps"] == 3
         assert side["scheduler"] == "rflow" and side["guidance"] == 2.0 and side["config_hash"]
-        assert side["file"] == f"sample_{i:05d}.nii.gz" and side["shape_zyx"] == [24, 32, 48]
-    before = (out / "sample_00000.nii.gz").stat().st_mtime_ns
+        assert side["file"] == f"normal_{i:05d}.nii.gz" and side["shape_zyx"] == [24, 32, 48]
+    before = (out / "normal_00000.nii.gz").stat().st_mtime_ns
     assert main(["generate", str(run_dir), "--n", "3", "--label", "normal", "--seed", "3", "--steps", "3",
                  "--depth", "24", "--out", str(out), "--accelerator", "cpu"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["written"] == 1 and summary["skipped"] == 2
-    assert (out / "sample_00000.nii.gz").stat().st_mtime_ns == before
+    assert (out / "normal_00000.nii.gz").stat().st_mtime_ns == before
 
 
 class _FlagOdd:
@@ -104,13 +104,13 @@ def test_audit_refuses_to_write_flagged_samples(run_dir, tmp_path, capsys):
     report = generate_to_folder(Generator.load(run_dir), tmp_path / "a", 3, "covid", steps=2, audit=_FlagOdd())
     assert report["written"] == [0, 2] and [f["index"] for f in report["flagged"]] == [1]
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
-        "sample_00000.json", "sample_00000.nii.gz", "sample_00002.json", "sample_00002.nii.gz"]
-    assert json.loads((tmp_path / "a" / "sample_00000.json").read_text())["audit"]["nearest_id"] == "case_0001"
+        "covid_00000.json", "covid_00000.nii.gz", "covid_00002.json", "covid_00002.nii.gz"]
+    assert json.loads((tmp_path / "a" / "covid_00000.json").read_text())["audit"]["nearest_id"] == "case_0001"
     # the real audit against the training cache, through the CLI
     prep = trained_tiny_run(None)[0]
     assert main(["generate", str(run_dir), "--n", "1", "--label", "covid", "--steps", "2", "--audit", str(prep),
                  "--out", str(tmp_path / "b"), "--accelerator", "cpu"]) == 0
-    audit = json.loads((tmp_path / "b" / "sample_00000.json").read_text())["audit"]
+    audit = json.loads((tmp_path / "b" / "covid_00000.json").read_text())["audit"]
     assert 0 < audit["threshold"] <= 1 and audit["nearest_id"].startswith("case_")
 
 
@@ -127,8 +127,8 @@ def test_two_ranks_write_the_same_volumes_as_one(run_dir, tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert json.loads(proc.stdout.strip().splitlines()[-1])["written"] == 3
     for i in range(3):
-        a = sitk.GetArrayFromImage(sitk.ReadImage(str(outs["1"] / f"sample_{i:05d}.nii.gz")))
-        b = sitk.GetArrayFromImage(sitk.ReadImage(str(outs["2"] / f"sample_{i:05d}.nii.gz")))
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(outs["1"] / f"covid_{i:05d}.nii.gz")))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(outs["2"] / f"covid_{i:05d}.nii.gz")))
         assert np.array_equal(a, b), i
 
 

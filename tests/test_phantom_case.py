@@ -183,3 +183,28 @@ def test_bad_arguments_raise_one_clear_error(kwargs):
     kwargs = {"label": "normal", "size": 64, **kwargs}
     with pytest.raises(CTSynthError):
         make_phantom_case(**kwargs)
+
+
+def test_anatomy_is_built_in_millimetres_not_pixels():
+    """The same seed at two matrix sizes gives the same organs (volumes in ml within a few percent)."""
+    def volumes(size):
+        case = make_phantom_case(5, "normal", size=size)
+        ml = float(np.prod(case.volume.spacing_mm)) / 1000
+        m = case.tissue_masks
+        return case.lung_mask.sum() * ml, m["blood"].sum() * ml, m["fat"].sum() * ml
+
+    small, large = volumes(48), volumes(128)
+    assert 2500 < large[0] < 7500            # adult lungs, litres
+    for a, b in zip(small, large):
+        assert a == pytest.approx(b, rel=0.05)
+
+
+def test_breasts_in_some_cases_anterior_to_the_lungs():
+    present = [sample_params(s)["breasts"]["present"] for s in range(200)]
+    assert 0.3 < np.mean(present) < 0.6
+    seed = present.index(True)
+    case = make_phantom_case(seed, "normal", size=64)
+    gland = case.tissue_masks["gland"]
+    assert gland.any()
+    assert np.nonzero(gland)[1].mean() < np.nonzero(case.lung_mask)[1].min() + 5   # in front of the chest
+    assert 0 <= float(np.median(case.volume.hu[gland])) <= 60

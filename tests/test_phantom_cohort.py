@@ -138,3 +138,20 @@ def test_cli_bad_arguments_one_line_exit_2(tmp_path, capsys, args, words):
     assert rc == 2
     assert len(err) == 1 and words in err[0] and "fix:" in err[0]
     assert not out.exists()
+
+
+def test_cli_output_under_a_file_is_one_line_error(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    rc = main(["phantom", str(blocker / "cohort"), "--n", "1", "--size", "32"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "fix:" in err[0]
+    assert blocker.read_text() == "x"
+
+
+def test_temporaries_of_a_killed_run_do_not_block_a_new_one(tmp_path):
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / ".case_0001.nii.gz.abc123.tmp.nii.gz").write_bytes(b"partial")
+    make_phantom_cohort(out, 1, size=32)
+    assert sorted(p.name for p in out.iterdir()) == ["case_0001.nii.gz", "ground_truth", "labels.csv", "phantom.json"]

@@ -149,3 +149,15 @@ def test_sigterm_writes_a_checkpoint_before_exiting(tmp_path):
     assert ckpts, err[-2000:]
     state = json.loads(ckpts[-1].joinpath("state.json").read_text())
     assert state["step"] >= 2 and state["step"] < 100000
+
+
+def test_gradient_accumulation_and_bf16_run_both_stages(tmp_path):
+    prep = make_tiny_cache(tmp_path / "prep", n=3, n_held_out=1)
+    config = load_config("tiny")
+    config.autoencoder.steps = config.diffusion.steps = 3
+    config.autoencoder.adv_start_step = 1
+    config.train.grad_accum = 2
+    assert train(prep, config, tmp_path / "run", LaunchOptions(accelerator="cpu", precision="bf16-mixed")) == "done"
+    for stage in ("autoencoder", "diffusion"):
+        records = read_log(tmp_path / "run" / stage / "log.jsonl")
+        assert [r["step"] for r in records] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in records)

@@ -169,15 +169,16 @@ def to_int16_hu(volume: CTVolume, window: tuple[float, float]) -> CTVolume:
     return volume.with_hu(hu)
 
 
-def sample_name(index: int) -> str:
-    return f"sample_{index:05d}"
+def sample_name(label: str, index: int) -> str:
+    """``covid_00003``: the label is in the name so that both classes can share one output folder."""
+    return f"{label}_{index:05d}"
 
 
 def generate_to_folder(generator: Generator, out: Path, n: int, label: str, seed: int = 0,
                        guidance: float | None = None, steps: int | None = None, fmt: str = "nifti",
                        depth: int | None = None, slice_thickness: float | None = None, batch_size: int = 1,
                        rank: int = 0, world: int = 1, audit=None, autocast=None) -> dict[str, list[int]]:
-    """Write samples ``i`` with ``i % world == rank`` as ``OUT/sample_<i>`` + ``sample_<i>.json``.
+    """Write samples ``i`` with ``i % world == rank`` as ``OUT/<label>_<i>`` + ``<label>_<i>.json``.
 
     A sample whose sidecar exists is skipped (a rerun completes an interrupted request). The sidecar is written
     after the volume, so it marks a complete sample. With ``audit`` (a MemorisationAudit), a sample flagged as
@@ -192,7 +193,7 @@ def generate_to_folder(generator: Generator, out: Path, n: int, label: str, seed
         raise CTSynthError("the output is a file, not a folder; nothing was written", out, "choose a folder for --out")
     generator.label_index(label)  # fail before any work on an unknown label
     mine = [i for i in range(n) if i % world == rank]
-    todo = [i for i in mine if not (out / f"{sample_name(i)}.json").is_file()]
+    todo = [i for i in mine if not (out / f"{sample_name(label, i)}.json").is_file()]
     report: dict[str, list] = {"written": [], "skipped": sorted(set(mine) - set(todo)), "flagged": []}
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
@@ -210,9 +211,9 @@ def generate_to_folder(generator: Generator, out: Path, n: int, label: str, seed
                 if result.flagged:
                     report["flagged"].append({"index": spec.index, **sidecar["audit"]})
                     continue
-            target = out / sample_name(spec.index)
+            target = out / sample_name(label, spec.index)
             path = write_volume(volume, target, fmt, overwrite=True)
             sidecar["file"] = path.name
-            atomic_write_text(out / f"{sample_name(spec.index)}.json", json.dumps(sidecar, indent=2))
+            atomic_write_text(out / f"{sample_name(label, spec.index)}.json", json.dumps(sidecar, indent=2))
             report["written"].append(spec.index)
     return report

@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     records = make_phantom_cohort(args.out, args.n, covid_fraction=args.covid_fraction, fmt=args.fmt,
                                   seed=args.seed, size=args.size, overwrite=args.overwrite, progress=progress)
     n_covid = sum(r["label"] == "covid" for r in records)
-    print(f"wrote {len(records)} phantom cases ({n_covid} covid, {len(records) - n_covid} normal) as {args.fmt} "
+    cases = "case" if len(records) == 1 else "cases"
+    print(f"wrote {len(records)} phantom {cases} ({n_covid} covid, {len(records) - n_covid} normal) as {args.fmt} "
           f"to {args.out} in {time.perf_counter() - start:.1f} s; labels in {args.out}/labels.csv, "
           f"lesion and lung masks in {args.out}/ground_truth/")
     return 0

@@ -45,12 +45,24 @@ def thumbnail_shape(grid: tuple[int, int, int]) -> tuple[int, int, int]:
     return tuple(min(g, m) for g, m in zip(grid, MAX_THUMB_SHAPE))  # type: ignore[return-value]
 
 
-def make_thumbnail(hu: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """Area-averaged (anti-aliased) downsampling of HU to ``shape`` (float32)."""
-    import torch
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix averaging the input cells each output cell covers (fractional overlaps weighted)."""
+    edges_out = np.linspace(0.0, n_in, n_out + 1)
+    lo = np.arange(n_in, dtype=np.float64)
+    overlap = np.clip(np.minimum(edges_out[1:, None], lo[None, :] + 1) - np.maximum(edges_out[:-1, None], lo[None, :]),
+                      0.0, None)
+    return (overlap / overlap.sum(axis=1, keepdims=True)).astype(np.float32)
 
-    t = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None, None]
-    return torch.nn.functional.adaptive_avg_pool3d(t, shape)[0, 0].numpy().copy()
+
+def make_thumbnail(hu: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Area-averaged (anti-aliased) resize of HU to ``shape`` (float32): each output voxel is the mean of
+    the input it covers, done as one small matrix product per axis (fast, no torch needed)."""
+    out = np.asarray(hu, dtype=np.float32)
+    for axis, n_out in enumerate(shape):
+        if out.shape[axis] != n_out:
+            w = _area_weights(out.shape[axis], n_out)
+            out = np.moveaxis(np.tensordot(w, np.moveaxis(out, axis, 0), axes=(1, 0)), 0, axis)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def memorisation_descriptor(hu: np.ndarray) -> np.ndarray:

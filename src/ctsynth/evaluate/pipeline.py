@@ -147,7 +147,6 @@ def evaluate(real: str | Path, synthetic: list[str | Path], out: str | Path | No
     if out is not None and Path(out).exists() and not overwrite:
         raise CTSynthError("the output already exists; nothing was written", out,
                            "remove it, choose another --out, or pass --overwrite")
-    t0 = time.perf_counter()
     real_items, cache_grid, notes = plan_real(real, seed=options.seed, held_out_fraction=options.held_out_fraction)
     check_real_split(real_items, real)
     names = _set_names(synthetic)
@@ -157,6 +156,24 @@ def evaluate(real: str | Path, synthetic: list[str | Path], out: str | Path | No
             raise CTSynthError("a synthetic set needs at least 2 volumes", synthetic[names.index(name)],
                                "generate more samples (ctsynth generate RUN --n 50 ...)")
     grid = tuple(options.grid or cache_grid or DEFAULT_GRID)
+    return evaluate_items(real_items, synth_items, out, grid=grid, options=options, notes=notes,
+                          sources={"real": str(real), **{n: str(p) for n, p in zip(names, synthetic)}},
+                          overwrite=overwrite, progress=progress)
+
+
+def evaluate_items(real_items: list[StudyItem], synth_items: dict[str, list[StudyItem]], out: str | Path | None,
+                   *, grid: tuple[int, int, int], options: EvaluateOptions | None = None,
+                   notes: list[str] | None = None, sources: dict[str, str] | None = None, overwrite: bool = False,
+                   progress: Callable[[str], None] = _stderr) -> Report:
+    """The evaluation on already planned studies (each item loads its volume when asked; real items carry
+    group "train" or "held_out", synthetic sets are keyed by name). :func:`evaluate` plans them from folders;
+    benchmarks and notebooks can pass volumes made in memory."""
+    options = options or EvaluateOptions()
+    notes = list(notes or [])
+    sources = sources or {}
+    names = list(synth_items)
+    t0 = time.perf_counter()
+    grid = tuple(grid)
     external = None
     if options.encoder_weights:
         from .encoder import ExternalEncoder
@@ -237,7 +254,8 @@ def evaluate(real: str | Path, synthetic: list[str | Path], out: str | Path | No
 
     metrics = {
         "format": METRICS_FORMAT,
-        "inputs": {"real": str(real), "synthetic": {n: str(p) for n, p in zip(names, synthetic)},
+        "inputs": {"real": sources.get("real", "(in memory)"),
+                   "synthetic": {n: sources.get(n, "(in memory)") for n in names},
                    "n_train": len(train), "n_held_out": len(held), "grid": list(grid),
                    "thumbnail": list(thumbnail_shape(grid)), "seed": options.seed,
                    "encoder_steps": options.encoder_steps, "classifier_steps": options.classifier_steps,

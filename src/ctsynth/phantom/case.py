@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..volume import CTVolume
-from .anatomy import draw_anatomy, draw_lung_trees, lung_texture
+from .airways_vessels import draw_lung_trees, lung_texture
+from .anatomy import draw_anatomy
 from .geometry import Grid
 from .layout import derive_layout
 from .lesions import add_lesions
 from .params import STREAM_LESIONS, STREAM_NOISE, STREAM_TREES, case_rng, sample_params
 from .scanner import apply_scanner
 from .tissue import TISSUES
+
+
+class _TissueMasks(Mapping):
+    def __init__(self, labels: np.ndarray):
+        self._labels = labels
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._labels == TISSUES[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(TISSUES)
+
+    def __len__(self) -> int:
+        return len(TISSUES)
 
 
 @dataclass
@@ -36,8 +52,9 @@ class PhantomCase:
     tissue_labels: np.ndarray = field(repr=False)
 
     @property
-    def tissue_masks(self) -> dict[str, np.ndarray]:
-        return {name: self.tissue_labels == code for name, code in TISSUES.items()}
+    def tissue_masks(self) -> Mapping[str, np.ndarray]:
+        """Boolean mask per tissue name, computed when asked for (a 512 case has 13 of them)."""
+        return _TissueMasks(self.tissue_labels)
 
     @property
     def label(self) -> str:
@@ -58,7 +75,8 @@ def make_phantom_case(seed: int, label: str = "normal", size: int = 512, depth: 
     lung = anatomy.lung_side > 0
     anatomy.hu += lung_texture(p, grid, trees_rng) * lung
     if label == "covid":
-        lesion_mask, info = add_lesions(anatomy.hu, anatomy.lung_side, grid, case_rng(seed, STREAM_LESIONS))
+        lesion_mask, info = add_lesions(anatomy.hu, anatomy.lung_side, anatomy.cavity | lung, grid,
+                                        case_rng(seed, STREAM_LESIONS))
         p["lesions"] = info
     else:
         lesion_mask = np.zeros(grid.shape, dtype=bool)

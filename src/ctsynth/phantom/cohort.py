@@ -11,7 +11,8 @@ Every file is written atomically, case by case, and the two index files are rewr
 so an interrupted run leaves only complete cases, all listed (``phantom.json`` says ``"complete":
 false``). An existing cohort is never mixed with a new one: a non-empty ``OUT`` is refused, and with
 ``overwrite`` only a folder that holds a ``phantom.json`` is reused, after deleting the cohort files it
-recognises (nothing else in the folder is touched).
+recognises (nothing else in the folder is touched). Hidden temporaries left by a killed run are removed
+before anything else.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from .case import PhantomCase, make_phantom_case
 
 SEED_STRIDE = 100003
 _COHORT_ENTRY = re.compile(r"^(case_\d+(\.nii\.gz)?|labels\.csv|phantom\.json|ground_truth)$")
+# what ctsynth.io.atomic leaves behind when a run is killed: ".<name>.<random>.tmp..." beside the target
+_OUR_TEMPORARY = re.compile(r"^\.(case_\d+(\.nii\.gz)?|labels\.csv|phantom\.json)\..+\.tmp")
 
 
 def case_seed(seed: int, index: int) -> int:
@@ -66,7 +69,15 @@ def _check_args(n: int, covid_fraction: float, fmt: str, seed: int, size: int) -
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise CTSynthError("the output is a file, not a folder", out, "give a folder name for the cohort")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists():
+        return
+    for entry in out.iterdir():          # temporaries of a killed run are never a cohort: clear them
+        if _OUR_TEMPORARY.match(entry.name):
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    if not any(out.iterdir()):
         return
     if not overwrite:
         raise CTSynthError("the output folder is not empty; nothing was written", out,
@@ -94,7 +105,8 @@ def save_ground_truth(case: PhantomCase, path: Path) -> None:
 def _write_index(out: Path, header: dict[str, Any], records: list[dict[str, Any]], complete: bool) -> None:
     rows = "".join(f"{r['id']},{r['label']}\n" for r in records)
     atomic_write_text(out / "labels.csv", "study,label\n" + rows)
-    atomic_write_text(out / "phantom.json", json.dumps({**header, "complete": complete, "cases": records}, indent=1) + "\n")
+    index = {**header, "complete": complete, "cases": records}
+    atomic_write_text(out / "phantom.json", json.dumps(index, indent=1) + "\n")
 
 
 def make_phantom_cohort(out: str | Path, n: int, *, covid_fraction: float = 0.5, fmt: str = "nifti",

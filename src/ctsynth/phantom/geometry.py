@@ -184,8 +184,8 @@ def rasterise_path(grid: Grid, p0: np.ndarray, p1: np.ndarray, r0: np.ndarray, r
     """Add the voxel fractions of ONE continuous tube (segments of a path) to ``out``.
 
     Unlike :func:`rasterise_tubes`, pieces get round ends and are merged by their maximum on the fine
-    sub-planes before averaging each slab, so thick tubes that bend (the aortic arch, ribs) show neither
-    gaps nor seams.
+    sub-planes before averaging each slab, so thick tubes that bend (the aortic arch, the great vessels)
+    show neither gaps nor seams.
     """
     if out is None:
         out = np.zeros(grid.shape, dtype=np.float32)

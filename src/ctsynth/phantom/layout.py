@@ -24,12 +24,14 @@ class Tube:
     points: np.ndarray
     radii: np.ndarray
     tissue: str
+    name: str = ""
 
     def segments(self, extra_mm: float = 0.0):
         return self.points[:-1], self.points[1:], self.radii[:-1] + extra_mm, self.radii[1:] + extra_mm
 
 
-def make_tube(control: list[tuple[float, float, float]], radii: list[float], tissue: str, step: float = 4.0) -> Tube:
+def make_tube(control: list[tuple[float, float, float]], radii: list[float], tissue: str, step: float = 4.0,
+              name: str = "") -> Tube:
     """A tube through ``control`` points, radii interpolated along the arc length."""
     control_arr = np.asarray(control, dtype=np.float64)
     path = smooth_path(control_arr, step)
@@ -37,7 +39,7 @@ def make_tube(control: list[tuple[float, float, float]], radii: list[float], tis
     c_len = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(control_arr, axis=0), axis=1))])
     p_len = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
     p_len *= c_len[-1] / max(p_len[-1], 1e-9)
-    return Tube(path, np.interp(p_len, c_len, np.asarray(radii, dtype=np.float64)), tissue)
+    return Tube(path, np.interp(p_len, c_len, np.asarray(radii, dtype=np.float64)), tissue, name)
 
 
 @dataclass
@@ -99,8 +101,8 @@ def derive_layout(p: dict[str, Any]) -> Layout:
     # the heart scales (gently) with the chest it sits in
     k = float(np.clip((cav["a"] / 130.0) ** 0.5, 0.85, 1.1))
     heart = {"x": cav["cx"] + h["x"] * k, "y": cav["cy"] + h["y_frac"] * cav["half_ap"],
-             "z": lp["dome_l_z"] + 0.55 * h["c"] * k, "a": h["a"] * k, "b": h["b"] * k, "c": h["c"] * k,
-             "angle": np.deg2rad(h["angle_deg"]), "fat": h["fat"]}
+             "z": lp["dome_l_z"] + h["z_frac"] * h["c"] * k, "a": h["a"] * k, "b": h["b"] * k, "c": h["c"] * k,
+             "angle": np.deg2rad(h["angle_deg"]), "fat": h["fat"], "harm": h["harm"]}
 
     aw = p["airway"]
     x_mid = cav["cx"]
@@ -143,11 +145,14 @@ def _great_vessels(p: dict[str, Any], lay: Layout, top: float, bottom: float, la
                    (desc_x, desc_y, cz - 40.0), (desc_x - 2.0, desc_y - 2.0, lay.lungs["dome_l_z"] - 20.0),
                    (x0 + 4.0, desc_y - sp["ay"] * 0.3, bottom)],
                   [ra, ra, ra, (ra + rd) / 2, rd, rd, rd * 0.95, rd * 0.9], "blood"),
-        make_tube([(x0 - 6.0, asc_y + 4.0, arch_z + 6.0), (x0 - 16.0, ty - 14.0, arch_z + 40.0), (x0 - 24.0, ty - 12.0, top)],
+        make_tube([(x0 - 6.0, asc_y + 4.0, arch_z + 6.0), (x0 - 16.0, ty - 14.0, arch_z + 40.0),
+                   (x0 - 24.0, ty - 12.0, top)],
                   [6.5, 6.0, 5.5], "blood"),  # brachiocephalic trunk
-        make_tube([(x0 + 4.0, ty - 12.0, arch_z + 8.0), (x0 + 14.0, ty - 10.0, arch_z + 40.0), (x0 + 18.0, ty - 10.0, top)],
+        make_tube([(x0 + 4.0, ty - 12.0, arch_z + 8.0), (x0 + 14.0, ty - 10.0, arch_z + 40.0),
+                   (x0 + 18.0, ty - 10.0, top)],
                   [4.5, 4.2, 4.0], "blood"),  # left common carotid
-        make_tube([(desc_x - 2.0, desc_y - 10.0, arch_z + 2.0), (x0 + 28.0, ty, arch_z + 35.0), (x0 + 38.0, ty + 2.0, top)],
+        make_tube([(desc_x - 2.0, desc_y - 10.0, arch_z + 2.0), (x0 + 28.0, ty, arch_z + 35.0),
+                   (x0 + 38.0, ty + 2.0, top)],
                   [5.0, 4.8, 4.6], "blood"),  # left subclavian
         make_tube([(x0 - 34.0, ty - 14.0, top), (x0 - 30.0, asc_y + 6.0, cz - 5.0),
                    (hz["x"] - 0.55 * hz["a"], hz["y"] + 0.25 * hz["b"], hz["z"] + 0.35 * hz["c"])],
@@ -157,7 +162,8 @@ def _great_vessels(p: dict[str, Any], lay: Layout, top: float, bottom: float, la
     rvot = (hz["x"] - 0.05 * hz["a"], hz["y"] - 0.45 * hz["b"], hz["z"] + 0.55 * hz["c"])
     bif = (x0 + 8.0, ty - 12.0, cz - 14.0)
     tubes.append(make_tube([rvot, (x0 + 16.0, ty - 30.0, cz - 22.0), bif], [13.0, 13.0, 12.0], "blood"))
-    tubes.append(make_tube([bif, (x0 - 14.0, ty - 2.0, cz - 18.0), tuple(lay.hila["right"])], [11.0, 10.0, 9.0], "blood"))
+    tubes.append(make_tube([bif, (x0 - 14.0, ty - 2.0, cz - 18.0), tuple(lay.hila["right"])],
+                           [11.0, 10.0, 9.0], "blood"))
     tubes.append(make_tube([bif, (x0 + 20.0, ty + 2.0, cz - 6.0), tuple(lay.hila["left"])], [11.0, 10.0, 9.0], "blood"))
     # Pulmonary veins into the left atrium.
     for side in ("right", "left"):
@@ -170,5 +176,5 @@ def _great_vessels(p: dict[str, Any], lay: Layout, top: float, bottom: float, la
                             (x0 + 35.0, ey - 30.0, lay.lungs["dome_l_z"] - 30.0)], [7.0, 7.5, 7.5, 8.0], "muscle"))
     # Trachea (air column with a soft-tissue wall); the wall is the tube, the lumen painted after.
     tubes.append(make_tube([(x0 - 1.0, ty, top), (x0 - 2.0, ty + 2.0, cz + 20.0), tuple(lay.carina)],
-                           [aw["trachea_r"] + aw["wall"]] * 3, "muscle"))
+                           [aw["trachea_r"] + aw["wall"]] * 3, "muscle", name="trachea"))
     return tubes

@@ -3,9 +3,9 @@
 The pattern follows the CT descriptions of COVID-19 pneumonia (Pan et al., Radiology 2020; Bernheim et
 al., Radiology 2020; Chung et al., Radiology 2020): multiple, bilateral, peripheral (subpleural) and
 posterior/dependent-predominant opacities, ground glass more frequent than consolidation, consolidation
-increasing with extent. Each lesion is an irregular blob: an ellipsoid flattened along the pleura whose
-edge is roughened by smooth noise, with HU rising from the edge inwards (soft margins), and a
-consolidated core in a part of the lesions.
+increasing with extent. Each lesion is an irregular patch: an ellipsoid centred near the chest wall,
+roughened by smooth noise and eaten away with depth below the wall so that it hugs the pleura, with HU
+rising from its edge inwards (soft margins) and, in a part of the lesions, a consolidated core.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from scipy import ndimage
 from .geometry import Grid
 from .tissue import CONSOLIDATION_HU, GGO_HU
 
-MAX_LESIONS = 60
+MAX_LESIONS = 120
+RAMP = 0.45          # the lesion value is reached this far (in ellipsoid units) inside the edge
+EDGE_FIELD = 0.147   # smoothstep(EDGE_FIELD / RAMP) = 0.25: the blend at the lesion's edge
 EXTENT_RANGE = (0.02, 0.30)
 
 
@@ -33,15 +35,13 @@ def _smoothstep(t: np.ndarray) -> np.ndarray:
     return t * t * (3 - 2 * t)
 
 
-def _resize(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Linear interpolation of a small array onto ``shape`` (corners aligned)."""
-    coords = np.meshgrid(*[np.linspace(0, n_in - 1, n_out) for n_in, n_out in zip(a.shape, shape)], indexing="ij")
-    return ndimage.map_coordinates(a, coords, order=1)
-
-
-def add_lesions(hu: np.ndarray, lung_side: np.ndarray, grid: Grid,
+def add_lesions(hu: np.ndarray, lung_side: np.ndarray, chest: np.ndarray, grid: Grid,
                 rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
-    """Paint lesions into ``hu`` (in place) inside the lungs; return the exact lesion mask and a summary."""
+    """Paint lesions into ``hu`` (in place) inside the lungs; return the exact lesion mask and a summary.
+
+    ``chest`` is the thoracic cavity (lungs + mediastinum): "peripheral" means close to its wall (the
+    costal and diaphragmatic pleura), not to the mediastinum, so perihilar lung is relatively spared.
+    """
     lung = lung_side > 0
     lesion = np.zeros(hu.shape, dtype=bool)
     n_lung = int(lung.sum())
@@ -50,10 +50,11 @@ def add_lesions(hu: np.ndarray, lung_side: np.ndarray, grid: Grid,
     if n_lung == 0:
         return lesion, info
 
-    # Candidate centres on a coarse grid (about 3 mm): weight by nearness to the pleura and posteriority.
+    # Candidate centres on a coarse grid (about 3 mm): weight by nearness to the chest wall and posteriority.
     step = max(1, int(round(3.0 / grid.pixel_mm)))
     coarse = lung[:, ::step, ::step]
-    dist = ndimage.distance_transform_edt(coarse, sampling=(grid.slice_mm, grid.pixel_mm * step, grid.pixel_mm * step))
+    dist = ndimage.distance_transform_edt(chest[:, ::step, ::step],
+                                          sampling=(grid.slice_mm, grid.pixel_mm * step, grid.pixel_mm * step))
     kz, ky, kx = np.nonzero(coarse)
     y_mm = grid.y[ky * step]
     y_lo, y_hi = float(y_mm.min()), float(y_mm.max())
@@ -76,49 +77,55 @@ def add_lesions(hu: np.ndarray, lung_side: np.ndarray, grid: Grid,
         j = rng.choice(len(w), p=w / w.sum())
         centre = np.array([grid.z[kz[j]], grid.y[ky[j] * step], grid.x[kx[j] * step]], dtype=np.float64)
         centre += rng.uniform(-0.5, 0.5, 3) * np.array([sz, sy * step, sx * step])
-        # radius: big enough to make progress, between 6 and 40 mm
+        # radius: big enough to make progress, 10-60 mm (the lung part is a pleural crescent of it)
         voxel_mm3 = sz * sy * sx
         r_need = (remaining * voxel_mm3 * 3 / (4 * np.pi)) ** (1 / 3)
-        radius = float(np.clip(rng.uniform(0.35, 0.9) * r_need, 6.0, 40.0))
+        radius = float(np.clip(rng.uniform(0.8, 1.5) * r_need, 10.0, 60.0))
         axes = radius * np.array([rng.uniform(0.8, 1.4), rng.uniform(0.6, 1.1), rng.uniform(0.8, 1.3)])
-        reach = rng.uniform(15.0, 35.0)
+        reach = rng.uniform(20.0, 40.0)
         consolidated = rng.uniform() < consolidation_share
         ggo = rng.uniform(*GGO_HU)
         cons = rng.uniform(*CONSOLIDATION_HU)
-        lo_idx = np.floor((centre - 1.4 * axes - [grid.z[0], grid.y[0], grid.x[0]]) / [sz, sy, sx]).astype(int)
-        hi_idx = np.ceil((centre + 1.4 * axes - [grid.z[0], grid.y[0], grid.x[0]]) / [sz, sy, sx]).astype(int) + 1
-        lo_idx = np.clip(lo_idx, 0, hu.shape)
-        hi_idx = np.clip(hi_idx, 0, hu.shape)
-        box = tuple(slice(a, b) for a, b in zip(lo_idx, hi_idx))
-        if any(b <= a for a, b in zip(lo_idx, hi_idx)):
+        origin = np.array([grid.z[0], grid.y[0], grid.x[0]], dtype=np.float64)
+        spacing = np.array([sz, sy, sx])
+        lo_idx = np.clip(np.floor((centre - 1.3 * axes - origin) / spacing).astype(int), 0, hu.shape)
+        hi_idx = np.clip(np.ceil((centre + 1.3 * axes - origin) / spacing).astype(int) + 1, 0, hu.shape)
+        shape = tuple(int(b - a) for a, b in zip(lo_idx, hi_idx))
+        rough_coarse = rng.standard_normal((4, 5, 5))
+        if min(shape) <= 0:
             continue
-        zz = (grid.z[box[0]][:, None, None] - centre[0]) / axes[0]
-        yy = (grid.y[box[1]][None, :, None] - centre[1]) / axes[1]
-        xx = (grid.x[box[2]][None, None, :] - centre[2]) / axes[2]
-        shape = tuple(b - a for a, b in zip(lo_idx, hi_idx))
-        rough = _resize(rng.standard_normal((4, 5, 5)), shape)
-        # depth below the pleura (from the coarse distance map) eats into the blob: lesions hug the pleura
+        # work on the lung voxels of the lesion's box only
+        box = tuple(slice(a, b) for a, b in zip(lo_idx, hi_idx))
+        iz, iy, ix = np.nonzero(lung[box])
+        if len(iz) == 0:
+            continue
+        zz = (grid.z[lo_idx[0] + iz] - centre[0]) / axes[0]
+        yy = (grid.y[lo_idx[1] + iy] - centre[1]) / axes[1]
+        xx = (grid.x[lo_idx[2] + ix] - centre[2]) / axes[2]
+        # smooth roughness: the coarse 4x5x5 noise interpolated across the box (corners aligned)
+        coords = [i * (n_in - 1) / max(n - 1, 1) for i, n_in, n in zip((iz, iy, ix), rough_coarse.shape, shape)]
+        rough = ndimage.map_coordinates(rough_coarse, coords, order=1)
+        # depth below the chest wall (coarse distance map) eats into the blob: lesions hug the pleura
         # and reach deeper only in extensive disease
-        zi = np.arange(box[0].start, box[0].stop)[:, None, None]
-        yi = (np.arange(box[1].start, box[1].stop) // step)[None, :, None]
-        xi = (np.arange(box[2].start, box[2].stop) // step)[None, None, :]
-        depth_mm = dist[zi, np.minimum(yi, dist.shape[1] - 1), np.minimum(xi, dist.shape[2] - 1)]
+        depth_mm = dist[lo_idx[0] + iz, np.minimum((lo_idx[1] + iy) // step, dist.shape[1] - 1),
+                        np.minimum((lo_idx[2] + ix) // step, dist.shape[2] - 1)]
         field = (1.0 - np.sqrt(zz * zz + yy * yy + xx * xx) + 0.25 * rough
                  - depth_mm / (reach * (1.0 + severity)))
-        # below a 5% blend the lesion would not change the image: the mask starts where it does
-        inside = (field > 0.06) & lung[box]
-        if not inside.any():
+        # the lesion starts where it has raised the HU a quarter of the way to its value (ground glass:
+        # roughly -760 HU in -850 HU lung), a visible edge that noise and blur then soften; the mask is
+        # exactly where lesion HU was applied
+        keep = field > EDGE_FIELD
+        if not keep.any():
             continue
-        region = hu[box]
-        w_in = _smoothstep(field / 0.45)
-        value = region + w_in * (ggo - region)
+        field = field[keep]
+        idx = (lo_idx[0] + iz[keep], lo_idx[1] + iy[keep], lo_idx[2] + ix[keep])
+        current = hu[idx]
+        value = current + _smoothstep(field / RAMP) * (ggo - current)
         if consolidated:
-            core = _smoothstep((field - 0.35) / 0.3)
-            value = value + core * (cons - value)
-        region[inside] = np.maximum(region[inside], value[inside].astype(np.float32))
-        before = int(lesion[box].sum())
-        lesion[box] |= inside
-        affected += int(lesion[box].sum()) - before
+            value = value + _smoothstep((field - 0.35) / 0.3) * (cons - value)
+        hu[idx] = np.maximum(current, value.astype(np.float32))
+        affected += int((~lesion[idx]).sum())
+        lesion[idx] = True
         info["lesions"].append({"centre_zyx_mm": [round(float(c), 1) for c in centre], "radius_mm": round(radius, 1),
                                 "consolidated": bool(consolidated)})
     return lesion, info

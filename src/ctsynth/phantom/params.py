@@ -102,7 +102,7 @@ def sample_params(seed: int, label: str = "normal", size: int = REFERENCE_MATRIX
 
     # Mediastinum and heart (anterior-left, lower chest).
     p["heart"] = {
-        "x": u(12.0, 35.0), "y_frac": u(-0.45, -0.2), "z_frac": u(0.12, 0.3),
+        "x": u(12.0, 35.0), "y_frac": u(-0.45, -0.2), "z_frac": u(0.45, 0.65),
         "a": u(55.0, 68.0), "b": u(36.0, 46.0), "c": u(40.0, 52.0), "angle_deg": u(25.0, 45.0),
         "fat": u(2.0, 8.0),
     }
@@ -128,4 +128,11 @@ def sample_params(seed: int, label: str = "normal", size: int = REFERENCE_MATRIX
         "noise_sigma": u(10.0, 25.0), "noise_correlated": u(0.2, 0.6), "noise_corr_mm": u(0.6, 1.2),
         "blur_mm": u(0.35, 0.7), "blur_z_slices": u(0.2, 0.4),
     }
+    p["scapula"] = {"height": u(130.0, 165.0), "top_below_apex": u(-15.0, 10.0), "theta_medial": u(108.0, 118.0),
+                    "span_deg": u(28.0, 42.0), "offset": u(4.0, 8.0), "thick": u(1.8, 2.6)}
+    # Breasts in a part of the cases (supine: flattened and falling laterally).
+    present = bool(u(0.0, 1.0) < 0.45)
+    p["heart"]["harm"] = [(u(-0.06, 0.06), u(0, 2 * np.pi)) for _ in range(2)]   # irregular outline
+    p["breasts"] = {"present": present, "x_frac": u(0.42, 0.55), "a": u(45.0, 70.0), "protrude": u(12.0, 40.0),
+                    "c": u(45.0, 65.0), "z_above_dome": u(20.0, 60.0), "gland": u(0.3, 0.6)}
     return p

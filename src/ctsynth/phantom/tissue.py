@@ -24,6 +24,7 @@ TISSUES: dict[str, int] = {
     "cartilage": 10,      # costal cartilage
     "disc": 11,           # intervertebral discs
     "csf": 12,            # spinal canal
+    "gland": 13,          # fibroglandular breast tissue
 }
 
 # (low, high) HU per tissue; each case draws a value uniformly in the range.
@@ -41,6 +42,7 @@ HU_RANGES: dict[str, tuple[float, float]] = {
     "cartilage": (90.0, 160.0),
     "disc": (70.0, 100.0),
     "csf": (5.0, 20.0),
+    "gland": (10.0, 40.0),
 }
 
 # COVID-19 lesion ranges (docs/phantom.md): ground glass and consolidation.

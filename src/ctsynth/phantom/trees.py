@@ -4,8 +4,8 @@ The algorithm follows the idea of Kitaoka et al.'s airway model (J Appl Physiol 
 a region of the lung (here a cloud of points sampled uniformly in it); the region is split in two by a
 plane through its centroid across its longest axis, and each daughter branch grows from the parent's end
 towards the centroid of its half. Radii follow a Murray-type law with flow proportional to the territory
-(r_child^k = r_parent^k * n_child / n_parent, k = 2.8 by default: Murray's cube law, slightly lowered as
-measured in pulmonary arterial trees), so branches taper and thin towards the periphery and the
+(r_child^k = r_parent^k * n_child / n_parent; k = 2.8 by default, a design choice a little below Murray's
+cube law that thins the tree slightly faster), so branches taper and thin towards the periphery and the
 tree fills the lung without leaving it (a centroid of lung points lies in or very near the lung).
 """
 
@@ -16,7 +16,8 @@ import numpy as np
 
 def grow_tree(rng: np.random.Generator, start: np.ndarray, end: np.ndarray, points: np.ndarray,
               r_root: float, r_min: float, length_range: tuple[float, float] = (0.35, 0.6),
-              murray_exponent: float = 2.8, max_branches: int = 20000) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+              murray_exponent: float = 2.8,
+              max_branches: int = 20000) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Branches (p0, p1, r0, r1) of a tree rooted at ``start -> end`` filling ``points`` (n, 3) mm."""
     p0s, p1s, r0s, r1s = [], [], [], []
     stack = [(np.asarray(start, float), np.asarray(end, float), np.asarray(points, float), float(r_root))]
