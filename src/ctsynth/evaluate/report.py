@@ -108,7 +108,8 @@ def _svg_lines(series: list[tuple[str, np.ndarray, np.ndarray]], xlabel: str, yl
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{pts}"/>')
         parts.append(f'<text x="{width - right + 8}" y="{top + 14 + 16 * k}" fill="{colour}" '
                      f'font-size="12">{html.escape(name)}</text>')
-    for t in np.linspace(x0, x1, 6):
+    step = 500.0 if x1 - x0 > 1000 else float(10 ** np.floor(np.log10(max(x1 - x0, 1e-9))))
+    for t in np.arange(np.ceil(x0 / step) * step, x1 + 1e-9, step):
         parts.append(f'<text x="{px(t):.1f}" y="{height - bottom + 14}" font-size="10" '
                      f'text-anchor="middle">{t:.0f}</text>')
     parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 4}" font-size="11" '
@@ -268,7 +269,9 @@ def render_html(report) -> str:
     for name in set_names:
         memo = m["sets"][name]["memorisation"]["ncc"]
         parts.append(f"<h3>{html.escape(name)}: threshold {memo['threshold']:.4f} (99th percentile of held-out "
-                     f"real), {memo['n_flagged']} flagged</h3><div class='sets'>")
+                     f"real), {memo['n_flagged']} flagged</h3><p class='note'>Each pair: the synthetic volume "
+                     "(axial, coronal) on the left, its nearest training volume on the right, lung window.</p>"
+                     "<div class='sets'>")
         for pair in memo["worst"]:
             syn, tr = by_id.get((name, pair["id"])), by_id.get(("train", pair["nearest_train_id"]))
             if syn is None or tr is None:
