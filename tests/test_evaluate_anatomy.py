@@ -3,11 +3,14 @@ phantom's own masks, and the phantom's saved lesion ground truth."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
 from _evaluate_cohorts import case
 from ctsynth.evaluate.anatomy import QUANTITIES, TISSUES, lesion_masks, measure_anatomy
+from ctsynth.phantom import make_phantom_case
 from ctsynth.segment import body_mask, lung_mask, split_lungs
 
 
@@ -73,12 +76,28 @@ def test_normal_phantom_anatomy_matches_its_masks():
     assert 0.3 < a["left_lung_share"] < 0.7
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the phantom's lesion mask starts at a 5% HU blend (soft "
-                   "margins lighter than -700 HU are counted) and at 64 px (6 mm pixels) the vessel opening eats "
-                   "lesion edges while partial-volume vessels enter the ground-glass range: measured 0.05 vs 0.02 "
-                   "and 0.08 vs 0.14 (256 px: 0.07 vs 0.02, 0.14 vs 0.14, 0.22 vs 0.28); see docs/evaluation.md")
-@pytest.mark.parametrize("seed", [1, 5])
+@functools.lru_cache(maxsize=None)
+def _case_128(seed: int, label: str):
+    return make_phantom_case(seed, label, size=128)
+
+
+_LESION_GAP = ("known gap (docs/evaluation.md): at 128 px (about 3 mm pixels, 5-6.6 mm slices) blurred hilar "
+               "vessels and their partial-volume halo survive the vessel opening (a normal case reads about 0.04 "
+               "of the lung as lesion), and the lung mask misses subpleural consolidation in extensive disease; "
+               "measured vs truth: covid seed 2 0.073 vs 0.052, seed 7 0.232 vs 0.281, normal seed 1 0.041 vs 0")
+
+
+@pytest.mark.xfail(strict=True, reason=_LESION_GAP)
+@pytest.mark.parametrize("seed", [2, 7])
 def test_lesion_fraction_recovers_the_phantom_ground_truth(seed):
-    truth = case(seed, "covid")
+    """Issue requirement: within 10% relative of the saved truth, for covid cases whose truth is >= 0.03
+    (below that a few voxels of partial volume are already 10%)."""
+    truth = _case_128(seed, "covid")
+    assert truth.lesion_fraction >= 0.03
     measured = _measure(truth.volume)["lesion_fraction"]
     assert measured == pytest.approx(truth.lesion_fraction, rel=0.10)
+
+
+@pytest.mark.xfail(strict=True, reason=_LESION_GAP)
+def test_normal_phantom_has_almost_no_lesion():
+    assert _measure(_case_128(1, "normal").volume)["lesion_fraction"] < 0.01

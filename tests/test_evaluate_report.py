@@ -78,7 +78,8 @@ def test_png_encoder_round_trip():
     start = data.index(b"IDAT") + 4
     length = int.from_bytes(data[start - 8:start - 4], "big")
     raw = np.frombuffer(zlib.decompress(data[start:start + length]), dtype=np.uint8).reshape(12, 8)
-    assert (raw[:, 0] == 0).all() and (raw[:, 1:] == image).all()
+    assert (raw[:, 0] == 2).all()  # "Up" filter on every row: undo it by summing down the columns mod 256
+    assert (np.cumsum(raw[:, 1:].astype(np.int64), axis=0) % 256 == image).all()
 
 
 CHECK_SCRIPT = """<script>
@@ -121,3 +122,45 @@ def test_report_opens_in_headless_chromium(evaluated, tmp_path):
     console_errors = [line for line in run.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()
                       or "Uncaught" in line]
     assert not console_errors, console_errors
+
+
+def _fake_summary(study_id: str, spacing: tuple[float, float, float], grid=(8, 16, 32)):
+    from types import SimpleNamespace
+
+    z, y, x = grid
+    hu = np.linspace(-1000, 200, z * y * x, dtype=np.float32).reshape(grid)
+    return SimpleNamespace(id=study_id, label="normal", spacing_mm=spacing,
+                           slices={"axial": hu[z // 2], "coronal": hu[:, y // 2], "sagittal": hu[:, :, x // 2]})
+
+
+def test_montage_panels_share_one_size_per_view_at_physical_aspect():
+    import re
+
+    from ctsynth.evaluate.report import PANEL_WIDTH, _display_spacing, _montage_table, _panel_shapes
+
+    grid = (8, 16, 32)
+    real = [_fake_summary("r1", (5.0, 1.0, 1.0)), _fake_summary("r2", (5.0, 1.2, 1.2))]
+    synthetic = [_fake_summary("s1", (5.0, 1.1, 1.1))]
+    spacing = _display_spacing(real + synthetic)
+    assert spacing == (5.0, 1.1, 1.1)
+    shapes = _panel_shapes(grid, spacing)
+    mm_per_px = 32 * 1.1 / PANEL_WIDTH
+    assert shapes["axial"] == (PANEL_WIDTH // 2, PANEL_WIDTH)
+    assert shapes["coronal"] == (round(8 * 5.0 / mm_per_px), PANEL_WIDTH)  # thick slices: stretched in z
+    assert shapes["sagittal"] == (shapes["coronal"][0], PANEL_WIDTH // 2)
+    page = _montage_table("real", real, "lung", shapes) + _montage_table("synthetic", synthetic, "mediastinal", shapes)
+    found = re.findall(r'<img alt="\S+ (\S+) (axial|coronal|sagittal) \S+ window" width="(\d+)" height="(\d+)"', page)
+    assert len(found) == 9
+    for study_id, view, w, h in found:
+        assert (int(h), int(w)) == shapes[view], (study_id, view)
+
+
+def test_slice_resize_is_bilinear_with_centred_pixels():
+    from ctsynth.evaluate.report import _resize
+
+    ramp = np.repeat(np.arange(8, dtype=np.float32)[:, None] * 100.0, 3, axis=1)
+    up = _resize(ramp, (16, 3))
+    expected = np.clip((np.arange(16) + 0.5) / 2 - 0.5, 0, 7) * 100.0
+    assert np.allclose(up[:, 1], expected, atol=1e-3)
+    flat = _resize(np.full((64, 64), -600.0, dtype=np.float32), (10, 20))
+    assert flat.shape == (10, 20) and np.allclose(flat, -600.0)

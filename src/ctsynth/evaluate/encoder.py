@@ -97,7 +97,6 @@ class ExternalEncoder:
 
     @classmethod
     def load(cls, path: str | Path) -> "ExternalEncoder":
-        import torch
         from monai.networks.nets import ResNet
         from safetensors import SafetensorError
         from safetensors.torch import load_file

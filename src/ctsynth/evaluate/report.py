@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from ..io.atomic import atomic_dir
 from .features import HIST_EDGES, VolumeSummary
@@ -20,6 +21,8 @@ from .png import png_data_uri, window_to_uint8
 WINDOWS = {"lung": (1500.0, -600.0), "mediastinal": (350.0, 40.0)}  # (width, level)
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 MONTAGE_VOLUMES = 4
+VIEWS = ("axial", "coronal", "sagittal")
+PANEL_WIDTH = 176  # screen pixels of an axial panel; the other views follow at the same mm per pixel
 
 
 def _fmt(value) -> str:
@@ -41,53 +44,68 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
-def _square_pixels(image: np.ndarray, row_mm: float, col_mm: float) -> np.ndarray:
-    """Nearest-neighbour resample of rows so that a pixel is as tall as it is wide in mm."""
-    h = image.shape[0]
-    new_h = max(1, int(round(h * row_mm / col_mm)))
-    rows = np.clip(((np.arange(new_h) + 0.5) * h / new_h).astype(int), 0, h - 1)
-    return image[rows]
+def _display_spacing(summaries: list[VolumeSummary]) -> tuple[float, float, float]:
+    """One (z, y, x) spacing in mm for every panel of a montage: the median over the volumes shown.
+
+    All volumes are on the same evaluation grid, but each keeps its own field of view (the cache crops
+    every study to its lungs), so their spacings differ a little. Showing each at its own physical size
+    would give panels of different pixel sizes; showing all at the median spacing keeps every panel of a
+    view the same size for real and synthetic sets, with the physical aspect (thick slices stretched in z)
+    right to within the spread of the spacings."""
+    spacing = np.median(np.asarray([s.spacing_mm for s in summaries], dtype=np.float64), axis=0)
+    return float(spacing[0]), float(spacing[1]), float(spacing[2])
 
 
-def _views(summary: VolumeSummary, window: str) -> list[np.ndarray]:
+def _panel_shapes(grid: tuple[int, int, int], spacing: tuple[float, float, float]) -> dict[str, tuple[int, int]]:
+    """Pixel (height, width) of each view at one common scale in mm per screen pixel, chosen so that the
+    axial panel is ``PANEL_WIDTH`` pixels wide: coronal and sagittal are then as tall as the scan is long."""
+    z, y, x = grid
+    sz, sy, sx = spacing
+    mm_per_px = x * sx / PANEL_WIDTH
+    size = lambda n, mm: max(1, int(round(n * mm / mm_per_px)))  # noqa: E731
+    return {"axial": (size(y, sy), size(x, sx)), "coronal": (size(z, sz), size(x, sx)),
+            "sagittal": (size(z, sz), size(y, sy))}
+
+
+def _resize(hu: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resample of a 2-D HU slice to ``shape`` (pixel centres aligned, edges repeated); a Gaussian
+    pre-filter where an axis shrinks, so that large grids do not alias when shown small."""
+    image = np.asarray(hu, dtype=np.float32)
+    factors = (shape[0] / image.shape[0], shape[1] / image.shape[1])
+    sigma = [max(0.0, (1.0 / f - 1.0) / 2.0) for f in factors]
+    if any(sigma):
+        image = ndimage.gaussian_filter(image, sigma, mode="nearest")
+    rows = (np.arange(shape[0]) + 0.5) / factors[0] - 0.5
+    cols = (np.arange(shape[1]) + 0.5) / factors[1] - 0.5
+    coords = np.meshgrid(rows, cols, indexing="ij")
+    return ndimage.map_coordinates(image, coords, order=1, mode="nearest")
+
+
+def _panel(summary: VolumeSummary, view: str, window: str, shapes: dict[str, tuple[int, int]]) -> np.ndarray:
+    """One view of one volume, resampled to its display size, then windowed to 8-bit grey."""
     width, level = WINDOWS[window]
-    sz, sy, sx = summary.spacing_mm
-    ax = window_to_uint8(summary.slices["axial"], width, level)
-    co = window_to_uint8(summary.slices["coronal"][::-1], width, level)  # superior at the top
-    sa = window_to_uint8(summary.slices["sagittal"][::-1], width, level)
-    return [_square_pixels(ax, sy, sx), _square_pixels(co, sz, sx), _square_pixels(sa, sz, sy)]
-
-
-def _tile_row(images: list[np.ndarray], gap: int = 2) -> np.ndarray:
-    h = max(i.shape[0] for i in images)
-    parts = []
-    for k, img in enumerate(images):
-        pad = np.zeros((h, img.shape[1]), dtype=np.uint8)
-        pad[: img.shape[0]] = img
-        parts.append(pad)
-        if k < len(images) - 1:
-            parts.append(np.full((h, gap), 255, dtype=np.uint8))
-    return np.concatenate(parts, axis=1)
-
-
-def _montage(summaries: list[VolumeSummary], window: str) -> np.ndarray:
-    rows = [_tile_row(_views(s, window)) for s in summaries]
-    w = max(r.shape[1] for r in rows)
-    out = []
-    for k, r in enumerate(rows):
-        padded = np.zeros((r.shape[0], w), dtype=np.uint8)
-        padded[:, : r.shape[1]] = r
-        out.append(padded)
-        if k < len(rows) - 1:
-            out.append(np.full((2, w), 255, dtype=np.uint8))
-    image = np.concatenate(out, axis=0)
-    scale = max(1, int(256 // max(image.shape[0] // max(len(rows), 1), 1)))
-    scale = min(scale, 3)
-    return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+    hu = summary.slices[view]
+    if view != "axial":
+        hu = hu[::-1]  # superior at the top
+    return window_to_uint8(_resize(hu, shapes[view]), width, level)
 
 
 def _img(image: np.ndarray, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="{png_data_uri(image)}">'
+    h, w = image.shape[:2]
+    return f'<img alt="{html.escape(alt)}" width="{w}" height="{h}" src="{png_data_uri(image)}">'
+
+
+def _montage_table(name: str, group: list[VolumeSummary], window: str, shapes: dict[str, tuple[int, int]]) -> str:
+    """One set's montage: a row per volume, the three central slices side by side at the common scale."""
+    head = "".join(f"<th>{v}</th>" for v in VIEWS)
+    rows = []
+    for s in group:
+        label = html.escape(str(s.label)) if s.label is not None else ""
+        cells = "".join(f"<td>{_img(_panel(s, v, window, shapes), f'{name} {s.id} {v} {window} window')}</td>"
+                        for v in VIEWS)
+        rows.append(f"<tr><th class='vol'>{html.escape(s.id)}<br><span>{label}</span></th>{cells}</tr>")
+    return (f"<table class='montage'><caption>{html.escape(name)}</caption><tr><th></th>{head}</tr>"
+            f"{''.join(rows)}</table>")
 
 
 def _svg_lines(series: list[tuple[str, np.ndarray, np.ndarray]], xlabel: str, ylabel: str,
@@ -158,8 +176,16 @@ table{border-collapse:collapse;margin:0.5em 0 1.5em}
 td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}
 .pass{background:#dff3df}.fail{background:#f8d7d7}.na{background:#eee}
-.sets{display:flex;flex-wrap:wrap;gap:1.5em}.sets>div{flex:0 0 auto}
-img{image-rendering:pixelated;border:1px solid #ccc}
+img{display:block}
+table.montage img,.pair img{outline:1px solid #bbb}
+.sets{display:flex;flex-wrap:wrap;gap:1em 2em;align-items:flex-start}
+table.montage{border-collapse:separate;border-spacing:3px;margin:0}
+table.montage caption{font-weight:bold;text-align:left;padding:0 3px 2px}
+table.montage td,table.montage th{border:0;padding:0;background:none;vertical-align:middle}
+table.montage tr:first-child th{font-weight:normal;font-size:12px;color:#555;text-align:center}
+table.montage th.vol{font-weight:normal;font-size:11px;color:#555;text-align:right;padding-right:4px}
+table.montage th.vol span{color:#888}
+.pair{display:flex;gap:3px;align-items:center}.pair>img:nth-child(3){margin-left:12px}
 .note{color:#555;font-size:13px}
 """
 
@@ -231,13 +257,19 @@ def render_html(report) -> str:
                          f"{html.escape(util['positive_class'])}):</p><table><tr><th>trained on</th><th>AUC</th>"
                          f"<th>95% bootstrap interval</th></tr>{rows}</table>")
 
-    parts.append("<h2>Montages: central axial / coronal / sagittal slices</h2>")
+    shown = [("real", real[:MONTAGE_VOLUMES])] + [(n, groups.get(n, [])[:MONTAGE_VOLUMES]) for n in set_names]
+    shown = [(n, g) for n, g in shown if g]
+    spacing = _display_spacing([s for _, g in shown for s in g] or summaries)
+    shapes = _panel_shapes(tuple(inp["grid"]), spacing)
+    mm_per_px = inp["grid"][2] * spacing[2] / PANEL_WIDTH
+    parts.append("<h2>Montages: central axial / coronal / sagittal slices</h2>"
+                 f"<p class='note'>Every panel is shown at the median voxel spacing of the volumes shown "
+                 f"({spacing[0]:.3g} × {spacing[1]:.3g} × {spacing[2]:.3g} mm, z × y × x), {mm_per_px:.2g} mm per "
+                 "screen pixel in every direction, so coronal and sagittal views have their physical proportions; "
+                 "slices are resampled bilinearly. Coronal and sagittal: superior at the top.</p>")
     for window, (w, lvl) in WINDOWS.items():
         parts.append(f"<h3>{window} window (W{w:g} / L{lvl:g})</h3><div class='sets'>")
-        for name, group in [("real", real)] + [(n, groups[n]) for n in set_names]:
-            if group:
-                parts.append(f"<div><p><b>{html.escape(name)}</b></p>"
-                             f"{_img(_montage(group[:MONTAGE_VOLUMES], window), f'{name} {window} window')}</div>")
+        parts.extend(_montage_table(name, group, window, shapes) for name, group in shown)
         parts.append("</div>")
 
     centres = (HIST_EDGES[:-1] + HIST_EDGES[1:]) / 2
@@ -276,11 +308,11 @@ def render_html(report) -> str:
             syn, tr = by_id.get((name, pair["id"])), by_id.get(("train", pair["nearest_train_id"]))
             if syn is None or tr is None:
                 continue
-            image = _tile_row(_views(syn, "lung")[:2] + _views(tr, "lung")[:2], gap=4)
             flag = "FLAGGED" if pair["flagged"] else "not flagged"
+            images = "".join(_img(_panel(v, view, "lung", shapes), f"{v.group} {v.id} {view}")
+                             for v in (syn, tr) for view in ("axial", "coronal"))
             parts.append(f"<div><p>{html.escape(pair['id'])} vs train {html.escape(pair['nearest_train_id'])}: "
-                         f"NCC {pair['similarity']:.4f} ({flag})</p>"
-                         f"{_img(np.repeat(np.repeat(image, 2, 0), 2, 1), 'memorisation pair')}</div>")
+                         f"NCC {pair['similarity']:.4f} ({flag})</p><div class='pair'>{images}</div></div>")
         parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)

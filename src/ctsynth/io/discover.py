@@ -176,9 +176,7 @@ def discover(
         else:
             raise CTSynthError("is a single file that is neither NIfTI nor a multi-page TIFF", root,
                                "give the folder that holds the series (DICOM or TIFF slices)")
-        scan_root = root.parent
     else:
-        scan_root = root
         dicom_candidates: list[Path] = []
         def unreadable(exc: OSError) -> None:
             notes.append(f"skipped folder {exc.filename} (cannot be read: {exc.strerror})")

@@ -38,7 +38,8 @@ class PhantomCase:
     """A phantom CT with its ground truth.
 
     ``volume``: float32 HU (z, y, x), z = 0 the most inferior slice, identity direction, origin centred.
-    ``lesion_mask``: where lesion HU was applied (before blur and noise). ``lung_mask``: both lungs,
+    ``lesion_mask``: the voxels a lesion raised to at least -700 HU (ground glass), noise-free, before
+    vessels, blur and noise (see :mod:`ctsynth.phantom.lesions`). ``lung_mask``: both lungs,
     lesions, intrapulmonary vessels and bronchi included. ``lesion_fraction`` = lesion voxels / lung
     voxels. ``tissue_labels``: uint8 codes of :data:`ctsynth.phantom.tissue.TISSUES` (dominant tissue of
     each voxel before blur and noise); ``tissue_masks`` gives them as boolean masks by name.

@@ -6,6 +6,11 @@ posterior/dependent-predominant opacities, ground glass more frequent than conso
 increasing with extent. Each lesion is an irregular patch: an ellipsoid centred near the chest wall,
 roughened by smooth noise and eaten away with depth below the wall so that it hugs the pleura, with HU
 rising from its edge inwards (soft margins) and, in a part of the lesions, a consolidated core.
+
+The ground-truth mask is defined radiologically, not by where lesion HU was blended in: a voxel is lesion
+when a lesion raised its noise-free HU (before vessels, blur and noise) to at least
+:data:`LESION_THRESHOLD_HU` (-700 HU, the lower bound of ground glass). The faint soft margin below that
+is painted (it softens the edge) but is not lesion, as no HU-based reader would call it one.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ MAX_LESIONS = 120
 RAMP = 0.45          # the lesion value is reached this far (in ellipsoid units) inside the edge
 EDGE_FIELD = 0.147   # smoothstep(EDGE_FIELD / RAMP) = 0.25: the blend at the lesion's edge
 EXTENT_RANGE = (0.02, 0.30)
+LESION_THRESHOLD_HU = -700.0  # ground truth: voxels a lesion raised to at least this (noise-free) HU
 
 
 def sample_extent(rng: np.random.Generator) -> float:
@@ -37,13 +43,16 @@ def _smoothstep(t: np.ndarray) -> np.ndarray:
 
 def add_lesions(hu: np.ndarray, lung_side: np.ndarray, chest: np.ndarray, grid: Grid,
                 rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
-    """Paint lesions into ``hu`` (in place) inside the lungs; return the exact lesion mask and a summary.
+    """Paint lesions into ``hu`` (in place) inside the lungs; return the lesion mask and a summary.
+
+    The mask holds the voxels a lesion raised to at least :data:`LESION_THRESHOLD_HU` (noise-free HU).
 
     ``chest`` is the thoracic cavity (lungs + mediastinum): "peripheral" means close to its wall (the
     costal and diaphragmatic pleura), not to the mediastinum, so perihilar lung is relatively spared.
     """
     lung = lung_side > 0
     lesion = np.zeros(hu.shape, dtype=bool)
+    raised = np.zeros(hu.shape, dtype=bool)   # voxels some lesion made denser (painted margins included)
     n_lung = int(lung.sum())
     target = sample_extent(rng)
     info: dict[str, Any] = {"target_fraction": target, "lesions": []}
@@ -111,9 +120,9 @@ def add_lesions(hu: np.ndarray, lung_side: np.ndarray, chest: np.ndarray, grid: 
                         np.minimum((lo_idx[2] + ix) // step, dist.shape[2] - 1)]
         field = (1.0 - np.sqrt(zz * zz + yy * yy + xx * xx) + 0.25 * rough
                  - depth_mm / (reach * (1.0 + severity)))
-        # the lesion starts where it has raised the HU a quarter of the way to its value (ground glass:
-        # roughly -760 HU in -850 HU lung), a visible edge that noise and blur then soften; the mask is
-        # exactly where lesion HU was applied
+        # the painted lesion starts where it has raised the HU a quarter of the way to its value (ground
+        # glass: roughly -760 HU in -850 HU lung), a soft margin that noise and blur then soften further;
+        # the mask keeps the raised voxels that reach LESION_THRESHOLD_HU (module docstring)
         keep = field > EDGE_FIELD
         if not keep.any():
             continue
@@ -123,9 +132,12 @@ def add_lesions(hu: np.ndarray, lung_side: np.ndarray, chest: np.ndarray, grid: 
         value = current + _smoothstep(field / RAMP) * (ggo - current)
         if consolidated:
             value = value + _smoothstep((field - 0.35) / 0.3) * (cons - value)
-        hu[idx] = np.maximum(current, value.astype(np.float32))
-        affected += int((~lesion[idx]).sum())
-        lesion[idx] = True
+        value = value.astype(np.float32)
+        raised[idx] |= value > current
+        hu[idx] = np.maximum(current, value)
+        now = raised[idx] & (hu[idx] >= LESION_THRESHOLD_HU)
+        affected += int((now & ~lesion[idx]).sum())
+        lesion[idx] = now
         info["lesions"].append({"centre_zyx_mm": [round(float(c), 1) for c in centre], "radius_mm": round(radius, 1),
                                 "consolidated": bool(consolidated)})
     return lesion, info

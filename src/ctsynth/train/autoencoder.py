@@ -22,7 +22,7 @@ from ..models.autoencoder import (build_autoencoder, build_discriminator, decode
                                   encode_volume, kl_loss)
 from ..data import Augment, CachePatchDataset, CacheVolumes
 from .common import JsonlLog, StepSampler, StopFlag, now, progress_bar, write_json
-from .state import check_fresh_or_resume, load_stage, save_stage, set_lr, warn
+from .state import check_fresh_or_resume, load_stage, restore_after_non_finite, save_stage, set_lr, warn
 
 STAGE = "autoencoder"
 
@@ -115,15 +115,11 @@ def train_autoencoder(fabric, config: Config, prep_dir: Path, run_dir: Path, ent
                 bad_in_a_row += 1
                 log.write({"step": step, "skipped": "non-finite loss", **{k: str(v) for k, v in totals.items()}})
                 if bad_in_a_row >= tcfg.nan_patience:
-                    state = load_stage(fabric, stage_dir, modules, optimizers, restore_rng=False)
-                    if state is not None:
-                        step = state["step"]
+                    restored, lr_scale = restore_after_non_finite(fabric, stage_dir, modules, optimizers, cfg.lr,
+                                                                  lr_scale, bad_in_a_row)
+                    if restored is not None:
+                        step = restored
                         batches = make_loader(step)
-                    lr_scale *= 0.5
-                    set_lr(optimizers, cfg.lr, lr_scale)
-                    warn(fabric, f"{bad_in_a_row} non-finite losses in a row: restored "
-                                 f"{state['path'] if state else 'nothing (no checkpoint yet)'}, "
-                                 f"learning rate halved to {cfg.lr * lr_scale:g}")
                     bad_in_a_row = 0
                     bar.n = step
                 continue

@@ -26,7 +26,7 @@ from ..models.autoencoder import build_autoencoder, downsampling_factor, encode_
 from ..models.diffusion import build_scheduler, build_unet, pad_latents, training_loss, update_ema
 from ..data import CacheVolumes
 from .common import JsonlLog, StopFlag, label_indices, now, progress_bar, sample_ids, study_for_sample, write_json
-from .state import check_fresh_or_resume, load_stage, save_stage, set_lr, warn
+from .state import check_fresh_or_resume, load_stage, restore_after_non_finite, save_stage, set_lr, warn
 
 STAGE = "diffusion"
 
@@ -124,14 +124,10 @@ def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entri
                 bad_in_a_row += 1
                 log.write({"step": step, "skipped": "non-finite loss", "loss": str(total)})
                 if bad_in_a_row >= tcfg.nan_patience:
-                    state = load_stage(fabric, stage_dir, modules, optimizers, restore_rng=False)
-                    if state is not None:
-                        step = state["step"]
-                    lr_scale *= 0.5
-                    set_lr(optimizers, cfg.lr, lr_scale)
-                    warn(fabric, f"{bad_in_a_row} non-finite losses in a row: restored "
-                                 f"{state['path'] if state else 'nothing (no checkpoint yet)'}, "
-                                 f"learning rate halved to {cfg.lr * lr_scale:g}")
+                    restored, lr_scale = restore_after_non_finite(fabric, stage_dir, modules, optimizers, cfg.lr,
+                                                                  lr_scale, bad_in_a_row)
+                    if restored is not None:
+                        step = restored
                     bad_in_a_row = 0
                     bar.n = step
                 continue

@@ -71,3 +71,21 @@ def set_lr(optimizers: dict[str, torch.optim.Optimizer], base_lr: float, scale: 
 def warn(fabric, message: str) -> None:
     if fabric.global_rank == 0:
         print(f"ctsynth: warning: {message}", file=sys.stderr)
+
+
+def restore_after_non_finite(fabric, stage_dir: Path, modules: dict[str, torch.nn.Module],
+                             optimizers: dict[str, torch.optim.Optimizer], base_lr: float, lr_scale: float,
+                             in_a_row: int) -> tuple[int | None, float]:
+    """The NaN guard's last resort, after ``nan_patience`` non-finite losses in a row.
+
+    Restores the newest checkpoint (weights and optimizer state, not the RNG: the same batches would fail
+    again), halves the learning rate and says so in one line. Returns the restored step (None when there
+    is no checkpoint yet) and the new learning-rate scale.
+    """
+    state = load_stage(fabric, stage_dir, modules, optimizers, restore_rng=False)
+    lr_scale *= 0.5
+    set_lr(optimizers, base_lr, lr_scale)
+    warn(fabric, f"{in_a_row} non-finite losses in a row: restored "
+                 f"{state['path'] if state else 'nothing (no checkpoint yet)'}, "
+                 f"learning rate halved to {base_lr * lr_scale:g}")
+    return (state["step"] if state is not None else None), lr_scale
