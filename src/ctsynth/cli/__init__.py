@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ctsynth",
         description="Synthetic 3D chest CT (COVID-19 and normal) from a few hundred real scans.",
     )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"ctsynth {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(subparsers)

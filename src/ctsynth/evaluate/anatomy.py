@@ -7,18 +7,9 @@ range, not the lung mask; the lung's own median HU is taken inside the lung mask
 Lesions are looked for inside the lung mask: candidates are voxels in -700..+50 HU on a lightly smoothed
 copy (Gaussian, sigma 0.7 voxel, to suppress scanner noise) and at least -700 HU unsmoothed (ground glass -700..-300, consolidation
 -100..+50, and the -300..-100 transition between them). Vessels and airway walls are in the same HU range
-but tubular. Two steps remove them:
-
-1. **Tubes** (:func:`tubeness`): a multi-scale Hessian measure in physical units (Gaussian scales
-   ``TUBE_SCALES_MM``, covering segmental to hilar vessels blurred over thick slices): a voxel is on a bright
-   tube when the two largest-magnitude Hessian eigenvalues are negative and the third is small; its
-   strength is the scale-normalised middle eigenvalue (HU). Voxels above ``TUBE_STRENGTH_HU`` are vessel,
-   grown by one voxel in-plane for their partial-volume halo, and taken out of the candidates. Lesions
-   (patches, crescents, blobs) are not tubes and keep most of their voxels.
-2. **Thin remains**: the candidates are opened with an ellipsoid of radius ``VESSEL_RADIUS_MM`` (at least one
-   voxel in-plane), components smaller than ``MIN_LESION_ML`` dropped, and the survivors grown back
-   ``REGROW_VOXELS`` voxels in-plane inside the candidates (the opening and the tube cut shave lesion
-   edges; a vessel-only component has nothing left to grow from).
+but thin and tubular, so the candidates are opened morphologically with an ellipsoid of radius
+``VESSEL_RADIUS_MM`` (at least one voxel in-plane): a structure narrower than the ellipsoid disappears, a
+lesion (a blob several mm across) survives. Remaining components smaller than ``MIN_LESION_ML`` are noise.
 """
 
 from __future__ import annotations
@@ -31,11 +22,8 @@ TISSUE_EDGES = (-900.0, -200.0, -30.0, 150.0)  # boundaries between consecutive 
 GGO_RANGE = (-700.0, -300.0)
 CONSOLIDATION_RANGE = (-100.0, 50.0)
 VESSEL_RADIUS_MM = 2.0
-MIN_LESION_ML = 0.5
+MIN_LESION_ML = 0.05
 SMOOTH_SIGMA_VOXELS = 0.7
-TUBE_SCALES_MM = (2.0, 4.0, 6.0, 8.0)
-TUBE_STRENGTH_HU = 50.0
-REGROW_VOXELS = 3
 
 QUANTITIES = (
     tuple(f"fraction_{t}" for t in TISSUES)
@@ -64,32 +52,6 @@ def vessel_filter_element(spacing_mm: tuple[float, float, float]) -> np.ndarray:
     return _ellipsoid((rz, ry, rx))
 
 
-def tubeness(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
-    """Bright-tube strength (HU) per voxel: max over ``TUBE_SCALES_MM`` of the scale-normalised
-    ``-lambda2`` where the Hessian eigenvalues ordered by magnitude satisfy lambda2, lambda3 < 0 and
-    ``|lambda1| < |lambda2| / 2``; 0 elsewhere."""
-    img = np.asarray(hu, dtype=np.float32)
-    best = np.zeros(img.shape, dtype=np.float32)
-    pairs = [(i, j) for i in range(3) for j in range(i, 3)]
-    for scale in TUBE_SCALES_MM:
-        sigma = [scale / d for d in spacing_mm]
-        hess = np.empty(img.shape + (3, 3), dtype=np.float32)
-        for i, j in pairs:
-            order = [0, 0, 0]
-            order[i] += 1
-            order[j] += 1
-            d2 = ndimage.gaussian_filter(img, sigma, order=order) * (scale * scale / (spacing_mm[i] * spacing_mm[j]))
-            hess[..., i, j] = d2
-            hess[..., j, i] = d2
-        ev = np.linalg.eigvalsh(hess)
-        del hess
-        ev = np.take_along_axis(ev, np.argsort(np.abs(ev), axis=-1), axis=-1)
-        l1, l2, l3 = ev[..., 0], ev[..., 1], ev[..., 2]
-        tube = (l2 < 0) & (l3 < 0) & (np.abs(l1) < 0.5 * np.abs(l2))
-        np.maximum(best, np.where(tube, -l2, 0.0).astype(np.float32), out=best)
-    return best
-
-
 def lesion_masks(hu: np.ndarray, lung: np.ndarray, spacing_mm: tuple[float, float, float]
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(lesion, ground_glass, consolidation) boolean masks inside ``lung`` (see the module docstring)."""
@@ -104,10 +66,7 @@ def lesion_masks(hu: np.ndarray, lung: np.ndarray, spacing_mm: tuple[float, floa
     # In range after smoothing (a noise spike is not a lesion) and before it (smoothing must not grow a
     # lesion's edge into the lung around it).
     candidates = sub_lung & (sub >= GGO_RANGE[0]) & (sub <= CONSOLIDATION_RANGE[1]) & (raw >= GGO_RANGE[0])
-    in_plane = np.zeros((1, 3, 3), dtype=bool)
-    in_plane[0, 1, :] = in_plane[0, :, 1] = True
-    vessel = ndimage.binary_dilation(tubeness(raw, spacing_mm) > TUBE_STRENGTH_HU, structure=in_plane)
-    opened = ndimage.binary_opening(candidates & ~vessel, structure=vessel_filter_element(spacing_mm)) & sub_lung
+    opened = ndimage.binary_opening(candidates, structure=vessel_filter_element(spacing_mm)) & sub_lung
     labels, n = ndimage.label(opened)
     if n:
         voxel_ml = float(np.prod(spacing_mm)) / 1000.0
@@ -115,8 +74,6 @@ def lesion_masks(hu: np.ndarray, lung: np.ndarray, spacing_mm: tuple[float, floa
         keep = sizes >= MIN_LESION_ML
         keep[0] = False
         opened = keep[labels]
-    if opened.any():
-        opened = ndimage.binary_dilation(opened, structure=in_plane, iterations=REGROW_VOXELS, mask=candidates)
     lesion = np.zeros_like(lung, dtype=bool)
     lesion[box] = opened
     ggo = np.zeros_like(lesion)
