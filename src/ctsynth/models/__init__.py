@@ -1,1 +1,15 @@
 """The networks: a 3D KL autoencoder (stage 1) and a class-conditional latent diffusion UNet (stage 2), from MONAI."""
+
+from __future__ import annotations
+
+from ..errors import CTSynthError
+
+
+def check_levels(section: str, channels: tuple[int, ...], attention_levels: tuple[bool, ...],
+                 norm_num_groups: int) -> None:
+    """Config checks MONAI would otherwise fail on deep inside a constructor, as one-line errors."""
+    if any(c % norm_num_groups for c in channels):
+        raise CTSynthError(f"{section}.channels {channels} must all be multiples of "
+                           f"{section}.norm_num_groups ({norm_num_groups})", fix="change one of them")
+    if len(attention_levels) != len(channels):
+        raise CTSynthError(f"{section}.attention_levels must have one entry per {section}.channels entry")

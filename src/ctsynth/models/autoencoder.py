@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 
 from ..config import AutoencoderConfig
-from ..errors import CTSynthError
+from . import check_levels
 
 
 def downsampling_factor(cfg: AutoencoderConfig) -> int:
@@ -22,11 +22,7 @@ def downsampling_factor(cfg: AutoencoderConfig) -> int:
 
 
 def build_autoencoder(cfg: AutoencoderConfig, grad_checkpointing: bool = False) -> AutoencoderKL:
-    if any(c % cfg.norm_num_groups for c in cfg.channels):
-        raise CTSynthError(f"autoencoder.channels {cfg.channels} must all be multiples of "
-                           f"autoencoder.norm_num_groups ({cfg.norm_num_groups})", fix="change one of them")
-    if len(cfg.attention_levels) != len(cfg.channels):
-        raise CTSynthError("autoencoder.attention_levels must have one entry per autoencoder.channels entry")
+    check_levels("autoencoder", cfg.channels, cfg.attention_levels, cfg.norm_num_groups)
     return AutoencoderKL(
         spatial_dims=3, in_channels=1, out_channels=1, channels=cfg.channels,
         latent_channels=cfg.latent_channels, num_res_blocks=cfg.num_res_blocks,

@@ -20,6 +20,7 @@ from monai.networks.schedulers import DDIMScheduler, RFlowScheduler
 
 from ..config import DiffusionConfig
 from ..errors import CTSynthError
+from . import check_levels
 from .autoencoder import crop_to, pad_to_multiple
 
 SCHEDULERS = ("rflow", "ddim")
@@ -30,11 +31,7 @@ def unet_multiple(cfg: DiffusionConfig) -> int:
 
 
 def build_unet(cfg: DiffusionConfig, latent_channels: int, n_labels: int) -> DiffusionModelUNet:
-    if any(c % cfg.norm_num_groups for c in cfg.channels):
-        raise CTSynthError(f"diffusion.channels {cfg.channels} must all be multiples of "
-                           f"diffusion.norm_num_groups ({cfg.norm_num_groups})", fix="change one of them")
-    if len(cfg.attention_levels) != len(cfg.channels):
-        raise CTSynthError("diffusion.attention_levels must have one entry per diffusion.channels entry")
+    check_levels("diffusion", cfg.channels, cfg.attention_levels, cfg.norm_num_groups)
     return DiffusionModelUNet(
         spatial_dims=3, in_channels=latent_channels, out_channels=latent_channels, channels=cfg.channels,
         attention_levels=cfg.attention_levels, num_res_blocks=cfg.num_res_blocks,

@@ -18,7 +18,6 @@ def draw_lung_trees(anatomy: Anatomy, p: dict[str, Any], rng: np.random.Generato
     grid, lay = anatomy.grid, anatomy.layout
     spacing = (grid.slice_mm, grid.pixel_mm, grid.pixel_mm)
     origin = grid.origin_mm
-    aw = p["airway"]
     walls, lumens, vessels = [], [], []
     n_points = 900
     # vessels much thinner than a pixel are invisible: stop the trees there (keeps small matrices fast)
