@@ -91,7 +91,7 @@ def summarise_volume(volume: CTVolume, *, study_id: str, group: str, patient: st
     """Summarise one volume that is already on the evaluation grid."""
     hu = np.asarray(volume.hu, dtype=np.float32)
     body = body_mask(hu, spacing_mm=volume.spacing_mm)
-    lung = lung_mask(volume.with_hu(hu)) & body if body.any() else np.zeros_like(body)
+    lung = lung_mask(volume.with_hu(hu), body=body) & body if body.any() else np.zeros_like(body)
     left, right = split_lungs(lung, direction=volume.direction)
     counts, _ = np.histogram(hu[body], bins=HIST_EDGES)
     total = counts.sum()

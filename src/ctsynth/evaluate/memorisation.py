@@ -136,13 +136,6 @@ class MemorisationAudit:
         held = [index.nearest(thumbs[i.id])[0] for i in items if i.group == "held_out"]
         return cls(index, percentile_threshold(np.asarray(held)), grid)
 
-    @classmethod
-    def from_descriptors(cls, train_thumbs: np.ndarray, train_ids: list[str], held_out_thumbs: np.ndarray,
-                        grid: tuple[int, int, int]) -> "MemorisationAudit":
-        index = NearestNeighbourIndex(train_thumbs, train_ids)
-        held = [index.nearest(t)[0] for t in held_out_thumbs]
-        return cls(index, percentile_threshold(np.asarray(held)), grid)
-
     def check_descriptor(self, thumb: np.ndarray) -> AuditResult:
         similarity, best = self.index.nearest(thumb)
         return AuditResult(similarity=similarity, nearest_id=self.index.ids[best], threshold=self.threshold,

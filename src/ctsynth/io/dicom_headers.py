@@ -1,6 +1,6 @@
 """One DICOM file's header, read without its pixels, reduced to what stacking a CT series needs.
 
-`read_slice_header` opens a file once, parses the header with pydicom (``stop_before_pixels``) and, for
+`read_slice_headers` opens a file once, parses the header with pydicom (``stop_before_pixels``) and, for
 uncompressed little-endian files, remembers where the pixel data starts so the decoder can read it with one
 ``seek`` + ``read`` instead of parsing the header a second time (see ``dicom_pixels``).
 
@@ -116,14 +116,6 @@ def sniff_dicom(path: Path) -> str | None:
     return "raw" if length < 1024 else None
 
 
-def looks_like_dicom(path: Path) -> bool:
-    """True if the file has the DICOM marker or starts like a raw dataset (see `sniff_dicom`)."""
-    try:
-        return sniff_dicom(path) is not None
-    except OSError:
-        return False
-
-
 def _ascii(ds: pydicom.Dataset, keyword: str, encoding: str = "ascii") -> str | None:
     """A text value (DS, IS, CS, UI; LO/SH for display only) straight from the raw element when still raw.
 
@@ -201,15 +193,6 @@ def _vector(value, n: int) -> np.ndarray | None:
     except (TypeError, ValueError):
         return None
     return out if np.all(np.isfinite(out)) else None
-
-
-def read_slice_header(path: Path) -> SliceHeader | None:
-    """Read one file's header. Returns None for a DICOMDIR; raises NotDicomError / BrokenDicomError.
-
-    For a multi-frame file this is the file-level header (``frames`` > 1); `read_slice_headers` expands it.
-    """
-    parsed = _parse_header(Path(path))
-    return None if parsed is None else parsed[0]
 
 
 def read_slice_headers(path: Path) -> list[SliceHeader] | None:

@@ -8,13 +8,13 @@ root (``COVID/``, ``normal/``, ``Positive/``... case-insensitive). Values are ma
 
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from ..errors import CTSynthError
+from .csv_table import read_csv_table
 
 LABELS = ("covid", "normal")
 LABEL_FILE_NAMES = ("labels.csv", "Patient_details.csv")
@@ -121,46 +121,38 @@ def read_labels_csv(path: str | Path, label_map: dict[str, str] | None = None) -
     """Read a ``study,label`` CSV (or COVID-CTset's Patient_details.csv) into a :class:`LabelTable`."""
     path = Path(path)
     fix_map = 'map it with --label-map "VALUE=covid,OTHER=normal"'
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = reader.fieldnames or []
-            id_column = _pick(columns, STUDY_COLUMNS)
-            label_column = _pick(columns, LABEL_COLUMNS)
-            if id_column is None or label_column is None:
-                missing = "a study column (study, id, case or patient)" if id_column is None else \
-                    "a label column (label or class)"
-                raise CTSynthError(f"labels CSV has no {missing}; its header is "
-                                   f"'{','.join(c for c in columns if c) or '(empty)'}'", path,
-                                   "give it a header line 'study,label' and one row per study")
-            entries: dict[str, str] = {}
-            rows: dict[str, str] = {}
-            for line, row in enumerate(reader, start=2):
-                raw_id = (row.get(id_column) or "").strip()
-                raw_label = (row.get(label_column) or "").strip()
-                if not raw_id and not raw_label:
-                    continue
-                if not raw_id or not raw_label:
-                    raise CTSynthError(f"line {line} has an empty {'study' if not raw_id else 'label'}", path,
-                                       "fill in or delete that line")
-                label = normalise_label(raw_label, label_map)
-                if label is None:
-                    allowed = sorted({"covid", "covid-19", "positive", "normal", "negative", "non-covid",
-                                      "healthy", *(label_map or {})})
-                    raise CTSynthError(f"line {line}: unknown label '{raw_label}' for '{raw_id}' (allowed: "
-                                       f"{', '.join(allowed)})", path, fix_map)
-                key = study_key(raw_id)
-                if entries.get(key, label) != label:
-                    raise CTSynthError(f"line {line}: '{raw_id}' is labelled both {entries[key]} and {label}",
-                                       path, "keep one label per study")
-                entries[key] = label
-                rows[key] = raw_id
-    except OSError as exc:
-        raise CTSynthError(f"cannot read the labels file ({exc.strerror or exc})", path,
-                           "check the --labels path") from exc
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise CTSynthError(f"is not a readable CSV file ({exc})", path,
-                           "give a UTF-8 CSV with a 'study,label' header") from exc
+    columns, table = read_csv_table(path, what="labels file", option="--labels",
+                                    expected="a UTF-8 CSV with a 'study,label' header")
+    id_column = _pick(columns, STUDY_COLUMNS)
+    label_column = _pick(columns, LABEL_COLUMNS)
+    if id_column is None or label_column is None:
+        missing = "a study column (study, id, case or patient)" if id_column is None else \
+            "a label column (label or class)"
+        raise CTSynthError(f"labels CSV has no {missing}; its header is "
+                           f"'{','.join(c for c in columns if c) or '(empty)'}'", path,
+                           "give it a header line 'study,label' and one row per study")
+    entries: dict[str, str] = {}
+    rows: dict[str, str] = {}
+    for line, row in enumerate(table, start=2):
+        raw_id = (row.get(id_column) or "").strip()
+        raw_label = (row.get(label_column) or "").strip()
+        if not raw_id and not raw_label:
+            continue
+        if not raw_id or not raw_label:
+            raise CTSynthError(f"line {line} has an empty {'study' if not raw_id else 'label'}", path,
+                               "fill in or delete that line")
+        label = normalise_label(raw_label, label_map)
+        if label is None:
+            allowed = sorted({"covid", "covid-19", "positive", "normal", "negative", "non-covid",
+                              "healthy", *(label_map or {})})
+            raise CTSynthError(f"line {line}: unknown label '{raw_label}' for '{raw_id}' (allowed: "
+                               f"{', '.join(allowed)})", path, fix_map)
+        key = study_key(raw_id)
+        if entries.get(key, label) != label:
+            raise CTSynthError(f"line {line}: '{raw_id}' is labelled both {entries[key]} and {label}",
+                               path, "keep one label per study")
+        entries[key] = label
+        rows[key] = raw_id
     details = label_column.strip().lower() == "covid-19 infection"
     return LabelTable(path=path, entries=entries, patient_details=details, rows=rows)
 

@@ -14,7 +14,6 @@ The TIFFs hold the scanner's stored values, not HU, and carry no geometry. So:
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import numpy as np
 from ..errors import CTSynthError
 from ..volume import CTVolume
 from .atomic import atomic_dir
+from .csv_table import read_csv_table
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 SIDECAR_NAME = "ctsynth_tiff.json"
@@ -88,42 +88,33 @@ class CovidCTsetMetadata:
     @classmethod
     def load(cls, path: str | Path) -> "CovidCTsetMetadata":
         path = Path(path)
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as fh:
-                reader = csv.DictReader(fh)
-                fields = [f.strip() for f in (reader.fieldnames or [])]
-                id_column = next((f for f in reader.fieldnames or [] if f.strip().lower() in
-                                  ("patient id", "patient", "patient_id", "id")), None)
-                series_keys = sorted({m.group(1).upper() for f in fields
-                                      if (m := re.match(r"^(SR_\d+) PixelSpacing$", f, re.IGNORECASE))})
-                if id_column is None or not series_keys:
-                    raise CTSynthError(
-                        "is not a COVID-CTset Patients_metadata.csv (needs a 'Patient ID' column and "
-                        f"'SR_k PixelSpacing' columns; found {', '.join(fields[:5]) or 'no header'})", path,
-                        "give the dataset's Patients_metadata.csv with --metadata, or set --spacing z,y,x")
-                lower = {f.strip().lower(): f for f in reader.fieldnames or []}
-                rows: dict[str, dict[str, SeriesSpacing]] = {}
-                for row in reader:
-                    patient = (row.get(id_column) or "").strip().lower()
-                    if not patient:
-                        continue
-                    per_series = {}
-                    for key in series_keys:
-                        def cell(field: str) -> str:
-                            column = lower.get(f"{key.lower()} {field.lower()}")
-                            return (row.get(column) or "").strip() if column else ""
-                        per_series[key] = SeriesSpacing(
-                            pixel_spacing_yx=_two_numbers(cell("PixelSpacing")),
-                            slice_thickness=_one_number(cell("SliceThickness")),
-                            rescale_intercept=_one_number(cell("RescaleIntercept")),
-                        )
-                    rows[patient] = per_series
-        except OSError as exc:
-            raise CTSynthError(f"cannot read the metadata file ({exc.strerror or exc})", path,
-                               "check the --metadata path") from exc
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise CTSynthError(f"is not a readable CSV file ({exc})", path,
-                               "give the dataset's Patients_metadata.csv") from exc
+        header, table = read_csv_table(path, what="metadata file", option="--metadata",
+                                       expected="the dataset's Patients_metadata.csv")
+        fields = [f.strip() for f in header]
+        id_column = next((f for f in header if f.strip().lower() in ("patient id", "patient", "patient_id", "id")),
+                         None)
+        series_keys = sorted({m.group(1).upper() for f in fields
+                              if (m := re.match(r"^(SR_\d+) PixelSpacing$", f, re.IGNORECASE))})
+        if id_column is None or not series_keys:
+            raise CTSynthError(
+                "is not a COVID-CTset Patients_metadata.csv (needs a 'Patient ID' column and "
+                f"'SR_k PixelSpacing' columns; found {', '.join(fields[:5]) or 'no header'})", path,
+                "give the dataset's Patients_metadata.csv with --metadata, or set --spacing z,y,x")
+        lower = {f.strip().lower(): f for f in header}
+        rows: dict[str, dict[str, SeriesSpacing]] = {}
+        for row in table:
+            patient = (row.get(id_column) or "").strip().lower()
+            if not patient:
+                continue
+
+            def cell(key: str, field: str) -> str:
+                column = lower.get(f"{key.lower()} {field.lower()}")
+                return (row.get(column) or "").strip() if column else ""
+
+            rows[patient] = {key: SeriesSpacing(pixel_spacing_yx=_two_numbers(cell(key, "PixelSpacing")),
+                                                slice_thickness=_one_number(cell(key, "SliceThickness")),
+                                                rescale_intercept=_one_number(cell(key, "RescaleIntercept")))
+                             for key in series_keys}
         return cls(path, rows)
 
     def lookup(self, patient: str | None, series: str | None) -> SeriesSpacing | None:

@@ -40,20 +40,8 @@ class Grid:
         return ((np.arange(self.depth) - (self.depth - 1) / 2) * self.slice_mm).astype(np.float32)
 
     @property
-    def extent_z_mm(self) -> float:
-        return self.depth * self.slice_mm
-
-    @property
     def shape(self) -> tuple[int, int, int]:
         return (self.depth, self.size, self.size)
-
-    def z_at(self, s: float) -> float:
-        """mm position of the fraction ``s`` of the covered length (0 = inferior edge, 1 = superior edge)."""
-        return (s - 0.5) * self.extent_z_mm
-
-    def s_of_slice(self) -> np.ndarray:
-        """Fraction of the covered length at each slice centre (0 inferior .. 1 superior)."""
-        return (np.arange(self.depth) + 0.5) / self.depth
 
     @property
     def origin_mm(self) -> tuple[float, float, float]:
@@ -95,6 +83,19 @@ def subdivide(p0: np.ndarray, p1: np.ndarray, r0: np.ndarray, r1: np.ndarray, ma
     return q0, q1, s0, s1
 
 
+def tube_arrays(p0, p1, r0, r1, min_length: float = 0.0):
+    """Tube pieces as float64 arrays, (n, 3) end points and (n,) radii (a scalar radius is broadcast),
+    without the pieces of zero radius or of a length not above ``min_length``."""
+    p0 = np.asarray(p0, dtype=np.float64).reshape(-1, 3)
+    p1 = np.asarray(p1, dtype=np.float64).reshape(-1, 3)
+    r0 = np.broadcast_to(np.asarray(r0, dtype=np.float64), (len(p0),))
+    r1 = np.broadcast_to(np.asarray(r1, dtype=np.float64), (len(p0),))
+    keep = np.maximum(r0, r1) > 0
+    if min_length > 0:
+        keep &= np.linalg.norm(p1 - p0, axis=1) > min_length
+    return p0[keep], p1[keep], r0[keep], r1[keep]
+
+
 def rasterise_tubes(grid: Grid, p0: np.ndarray, p1: np.ndarray, r0: np.ndarray, r1: np.ndarray,
                     out: np.ndarray | None = None, max_len: float = 12.0) -> np.ndarray:
     """Add the voxel fractions filled by tapered, flat-ended cylinders to ``out`` (created if None).
@@ -106,12 +107,8 @@ def rasterise_tubes(grid: Grid, p0: np.ndarray, p1: np.ndarray, r0: np.ndarray, 
     """
     if out is None:
         out = np.zeros(grid.shape, dtype=np.float32)
-    p0 = np.asarray(p0, dtype=np.float64).reshape(-1, 3)
-    p1 = np.asarray(p1, dtype=np.float64).reshape(-1, 3)
-    r0 = np.broadcast_to(np.asarray(r0, dtype=np.float64), (len(p0),))
-    r1 = np.broadcast_to(np.asarray(r1, dtype=np.float64), (len(p0),))
-    keep = (np.maximum(r0, r1) > 0) & (np.linalg.norm(p1 - p0, axis=1) > 1e-6)
-    p0, p1, r0, r1 = p0[keep], p1[keep], r0[keep], r1[keep]
+    # flat-ended pieces of zero length fill nothing
+    p0, p1, r0, r1 = tube_arrays(p0, p1, r0, r1, min_length=1e-6)
     if len(p0) == 0:
         return out
     px, t = grid.pixel_mm, grid.slice_mm
@@ -189,12 +186,7 @@ def rasterise_path(grid: Grid, p0: np.ndarray, p1: np.ndarray, r0: np.ndarray, r
     """
     if out is None:
         out = np.zeros(grid.shape, dtype=np.float32)
-    p0 = np.asarray(p0, dtype=np.float64).reshape(-1, 3)
-    p1 = np.asarray(p1, dtype=np.float64).reshape(-1, 3)
-    r0 = np.broadcast_to(np.asarray(r0, dtype=np.float64), (len(p0),))
-    r1 = np.broadcast_to(np.asarray(r1, dtype=np.float64), (len(p0),))
-    keep = np.maximum(r0, r1) > 0
-    p0, p1, r0, r1 = p0[keep], p1[keep], r0[keep], r1[keep]
+    p0, p1, r0, r1 = tube_arrays(p0, p1, r0, r1)
     if len(p0) == 0:
         return out
     p0, p1, r0, r1 = subdivide(p0, p1, r0, r1, 12.0)
@@ -243,13 +235,6 @@ def _tubes_batch(grid: Grid, out: np.ndarray, idx: np.ndarray, geo, ix1, iy1, iz
     n, z, y, x = np.nonzero(occ)
     flat = (zi[n, z] * grid.size + yi[n, y]) * grid.size + xi[n, x]
     np.add.at(out.reshape(-1), flat, occ[n, z, y, x])
-
-
-def polyline_tubes(points: np.ndarray, radii: np.ndarray | float):
-    """Segments (p0, p1, r0, r1) along a polyline of (n, 3) points with per-point radii."""
-    points = np.asarray(points, dtype=np.float64)
-    radii = np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(points),))
-    return points[:-1], points[1:], radii[:-1], radii[1:]
 
 
 def smooth_path(control: np.ndarray, step_mm: float = 4.0) -> np.ndarray:

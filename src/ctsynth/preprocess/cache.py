@@ -25,7 +25,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -107,10 +107,3 @@ def load_cached_volume(prep_dir: str | Path, entry: dict[str, Any], mmap: bool =
                     source=entry.get("source", str(path)),
                     meta={"study_id": entry["id"], "patient": entry.get("patient", entry["id"]),
                           "split": entry.get("split", "train")})
-
-
-def iter_cached_volumes(prep_dir: str | Path, split: str | None = None) -> Iterator[CTVolume]:
-    """Yield the cached studies (optionally only ``split`` = "train" or "held_out"), one at a time."""
-    manifest = read_manifest(prep_dir)
-    for entry in manifest.entries(split):
-        yield load_cached_volume(prep_dir, entry)
