@@ -81,23 +81,43 @@ def _case_128(seed: int, label: str):
     return make_phantom_case(seed, label, size=128)
 
 
-_LESION_GAP = ("known gap (docs/evaluation.md): at 128 px (about 3 mm pixels, 5-6.6 mm slices) blurred hilar "
-               "vessels and their partial-volume halo survive the vessel opening (a normal case reads about 0.04 "
-               "of the lung as lesion), and the lung mask misses subpleural consolidation in extensive disease; "
-               "measured vs truth: covid seed 2 0.073 vs 0.052, seed 7 0.232 vs 0.281, normal seed 1 0.041 vs 0")
+_COVID_SEEDS = tuple(range(15))  # covid phantom seeds 0-14; those with truth >= 0.03 are checked
+_READER_GAP = ("known gap (docs/evaluation.md): at 128 px this case's patchy ground glass loses its thin parts "
+               "to the opening and its edges to noise: 0.044 vs 0.052 (-14.5%); at 512 px it reads -7%")
+_LUNG_MASK_GAP = ("known gap (docs/evaluation.md): the lung mask misses dependent subpleural consolidation in "
+                  "extensive disease, which is lesion; with the phantom's true lung mask this case is within 10%")
 
 
-@pytest.mark.xfail(strict=True, reason=_LESION_GAP)
-@pytest.mark.parametrize("seed", [2, 7])
-def test_lesion_fraction_recovers_the_phantom_ground_truth(seed):
-    """Issue requirement: within 10% relative of the saved truth, for covid cases whose truth is >= 0.03
-    (below that a few voxels of partial volume are already 10%)."""
+def _truth_at_least_3_percent(seed: int):
     truth = _case_128(seed, "covid")
-    assert truth.lesion_fraction >= 0.03
+    if truth.lesion_fraction < 0.03:
+        pytest.skip(f"truth {truth.lesion_fraction:.3f} < 0.03: a few voxels of partial volume are already 10%")
+    return truth
+
+
+@pytest.mark.parametrize("seed", [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=_READER_GAP))
+                                  if s == 2 else s for s in _COVID_SEEDS])
+def test_lesion_reader_recovers_the_phantom_ground_truth_in_the_true_lung(seed):
+    """The lesion reader alone (given the phantom's lung mask): within 10% relative of the saved truth."""
+    truth = _truth_at_least_3_percent(seed)
+    lesion, _, _ = lesion_masks(truth.volume.hu, truth.lung_mask, truth.volume.spacing_mm)
+    assert lesion.sum() / truth.lung_mask.sum() == pytest.approx(truth.lesion_fraction, rel=0.10)
+
+
+_END_TO_END_GAPS = {0: _LUNG_MASK_GAP, 5: _LUNG_MASK_GAP, 7: _LUNG_MASK_GAP, 8: _LUNG_MASK_GAP,
+                    11: _LUNG_MASK_GAP, 12: _LUNG_MASK_GAP, 13: _LUNG_MASK_GAP}
+
+
+@pytest.mark.parametrize("seed", [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=_END_TO_END_GAPS[s]))
+                                  if s in _END_TO_END_GAPS else s for s in _COVID_SEEDS])
+def test_lesion_fraction_recovers_the_phantom_ground_truth(seed):
+    """Issue requirement, end to end as `ctsynth evaluate` measures it (our body and lung masks): within 10%
+    relative of the saved truth, for covid cases whose truth is >= 0.03."""
+    truth = _truth_at_least_3_percent(seed)
     measured = _measure(truth.volume)["lesion_fraction"]
     assert measured == pytest.approx(truth.lesion_fraction, rel=0.10)
 
 
-@pytest.mark.xfail(strict=True, reason=_LESION_GAP)
 def test_normal_phantom_has_almost_no_lesion():
-    assert _measure(_case_128(1, "normal").volume)["lesion_fraction"] < 0.01
+    for seed in (0, 1, 2):
+        assert _measure(_case_128(seed, "normal").volume)["lesion_fraction"] < 0.01
