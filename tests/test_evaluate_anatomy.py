@@ -84,8 +84,9 @@ def _case_128(seed: int, label: str):
 _COVID_SEEDS = tuple(range(15))  # covid phantom seeds 0-14; those with truth >= 0.03 are checked
 _READER_GAP = ("known gap (docs/evaluation.md): at 128 px this case's patchy ground glass loses its thin parts "
                "to the opening and its edges to noise: 0.044 vs 0.052 (-14.5%); at 512 px it reads -7%")
-_LUNG_MASK_GAP = ("known gap (docs/evaluation.md): the lung mask misses dependent subpleural consolidation in "
-                  "extensive disease, which is lesion; with the phantom's true lung mask this case is within 10%")
+_LUNG_MASK_GAP = ("known gap (docs/evaluation.md): in extensive disease the lung mask still misses 2-3.5% of the "
+                  "lung (basal and paravertebral consolidation with no aerated lung on its ray), which is lesion: "
+                  "reads 10-13% low; with the phantom's true lung mask this case is within 10%")
 
 
 def _truth_at_least_3_percent(seed: int):
@@ -104,8 +105,8 @@ def test_lesion_reader_recovers_the_phantom_ground_truth_in_the_true_lung(seed):
     assert lesion.sum() / truth.lung_mask.sum() == pytest.approx(truth.lesion_fraction, rel=0.10)
 
 
-_END_TO_END_GAPS = {0: _LUNG_MASK_GAP, 5: _LUNG_MASK_GAP, 7: _LUNG_MASK_GAP, 8: _LUNG_MASK_GAP,
-                    11: _LUNG_MASK_GAP, 12: _LUNG_MASK_GAP, 13: _LUNG_MASK_GAP}
+_END_TO_END_GAPS = {2: _READER_GAP, 7: _LUNG_MASK_GAP, 11: _LUNG_MASK_GAP, 12: _LUNG_MASK_GAP,
+                    13: _LUNG_MASK_GAP}
 
 
 @pytest.mark.parametrize("seed", [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=_END_TO_END_GAPS[s]))

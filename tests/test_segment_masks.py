@@ -104,3 +104,73 @@ def test_a_precomputed_body_mask_gives_the_same_lungs_and_is_not_modified():
     before = body.copy()
     assert (lung_mask(volume, body=body) == lung_mask(volume)).all()
     assert (body == before).all()
+
+
+def wall_chest(consolidation: bool = True, dome: bool = False, seed: int = 0):
+    """A chest with a known answer for the subpleural and dome steps: 16 slices of 5 mm, 2 mm pixels; a body
+    (40 HU, muscle) whose lungs (-850 HU) fill it but for a 20 mm chest wall and a 50 mm mediastinum, in
+    slices 2-13. With ``consolidation``, the right lung's dependent part (more than 55 mm behind the centre,
+    up to 25 mm thick) is consolidated in slices 5-10 (+20 HU, the chest wall's HU give or take the noise)
+    inside a ground-glass margin (-450 HU: 4 mm in-plane, and the slice above and below), as a COVID lesion
+    lies on the wall. With ``dome``, a soft-tissue column (45 HU, 40 mm wide) rises from below into the left
+    lung up to slice 4, which the lung surrounds in slices 2-4 as it surrounds the liver's dome.
+    Returns (volume, lungs, lesion, wall, dome)."""
+    rng = np.random.default_rng(seed)
+    nz, n, px = 16, 160, 2.0
+    y, x = (np.mgrid[0:n, 0:n].astype(np.float32) - n / 2) * px  # mm, y posterior, x to the patient's left
+    body = (y / 100.0) ** 2 + (x / 140.0) ** 2 <= 1
+    inner = (y / 80.0) ** 2 + (x / 120.0) ** 2 <= 1
+    lungs = np.zeros((nz, n, n), dtype=bool)
+    lungs[2:14] = inner & (np.abs(x) > 25.0)
+    hu = np.full((nz, n, n), -1000.0, np.float32)
+    hu[:, body] = 40.0
+    hu[lungs] = -850.0
+    lesion = np.zeros_like(lungs)
+    if consolidation:
+        core = lungs[5] & (x < 0) & (y > 55.0)
+        margin = lungs[5] & (x < 0) & (y > 51.0) & ~core
+        lesion[4:12] = core | margin
+        hu[4:12][:, core | margin] = -450.0
+        hu[5:11, core] = 20.0
+    column = np.zeros_like(lungs)
+    if dome:
+        column[:5] = (y / 20.0) ** 2 + ((x - 70.0) / 20.0) ** 2 <= 1
+        hu[column] = 45.0
+        lungs &= ~column
+    hu += rng.normal(0, 15, hu.shape).astype(np.float32)
+    wall = np.broadcast_to(body & ~inner, lungs.shape)
+    column[:2] = False  # the dome: the column where the lung surrounds it
+    return CTVolume(hu=hu, spacing_mm=(5.0, px, px)), lungs, lesion, wall, column
+
+
+def test_lung_mask_takes_in_consolidation_lying_on_the_chest_wall():
+    """Consolidation on the chest wall has the wall's HU; the mask takes it in up to the pleura's depth
+    (which the slices above and below show), and takes in neither the wall nor the mediastinum. What it
+    recovers is the consolidation with aerated lung between it and the centre of the chest (rays from the
+    centre); the corner seen past the mediastinum (y > 2 |x| here) is a known limit."""
+    volume, lungs, lesion, wall, _ = wall_chest()
+    consolidated = lesion & (volume.hu > -200)
+    n, px = volume.shape[1], volume.spacing_mm[1]
+    y, x = (np.mgrid[0:n, 0:n] - n / 2) * px
+    seen = consolidated & (y < 2.0 * np.abs(x))
+    assert seen.sum() > 0.75 * consolidated.sum() > 750
+    mediastinum = ((y / 80.0) ** 2 + (x / 120.0) ** 2 <= 1) & (np.abs(x) <= 25.0)
+    mask = lung_mask(volume)
+    assert mask[seen].mean() > 0.97
+    assert mask[consolidated].mean() > 0.8
+    assert (mask & wall).sum() < 0.002 * lungs.sum()
+    assert not (mask & mediastinum).any()
+    assert dice(mask, lungs) > 0.98
+    healthy = lung_mask(wall_chest(consolidation=False)[0])
+    assert (healthy & ~lungs).sum() < 0.002 * lungs.sum()
+    assert dice(healthy, lungs) > 0.98
+
+
+def test_lung_mask_leaves_out_a_dome_the_lung_surrounds():
+    """A large slice-wise hole that opens onto the abdomen below (the liver's dome) is not filled, while
+    small holes (vessels) and a lesion enclosed in 3D are (see test_lung_mask_recovers_ellipsoids...)."""
+    volume, lungs, _, _, dome = wall_chest(consolidation=False, dome=True)
+    assert dome.sum() > 500
+    mask = lung_mask(volume)
+    assert mask[dome].mean() < 0.05
+    assert dice(mask, lungs) > 0.98

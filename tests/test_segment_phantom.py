@@ -26,14 +26,27 @@ def test_lung_mask_matches_the_phantom(seed, label):
     assert np.nonzero(left)[2].mean() > np.nonzero(right)[2].mean()
 
 
-SUBPLEURAL_GAP = ("known gap (docs/evaluation.md, limits): dense consolidation lying as a thin crescent on the "
-                  "chest wall has the HU of the wall's muscle, so neither the threshold nor the per-lung 10 mm "
-                  "closing brings it into the mask; this case's mask holds 82% of its lesion voxels")
-
-
-@pytest.mark.parametrize("seed", [3, 5, pytest.param(0, marks=pytest.mark.xfail(strict=True, reason=SUBPLEURAL_GAP))])
+@pytest.mark.parametrize("seed", [0, 3, 5])
 def test_lung_mask_includes_the_lesions(seed):
-    """Ground glass and consolidation inside the lungs are part of the lung mask."""
+    """Ground glass and consolidation inside the lungs are part of the lung mask, the crescent of
+    consolidation on the chest wall included (seed 0: 82% before the subpleural step, 89% with it)."""
     case = phantom.make_phantom_case(seed, "covid", 64)
     assert case.lesion_mask.any()
     assert lung_mask(case.volume)[case.lesion_mask].mean() > 0.85
+
+
+def test_lung_mask_of_extensive_disease_misses_little_lung_and_takes_little_else():
+    """Seed 7 has 28% of its lungs diseased, much of it dependent consolidation on the chest wall. At 128 px
+    the mask used to miss 7.9% of the true lung (28% of the lesion) and read the lesion fraction 0.216 for a
+    true 0.281; it now misses 3.5% and reads 0.253. A normal case keeps a thin border (1.0% extra, was 1.5%)."""
+    case = phantom.make_phantom_case(7, "covid", 128)
+    mask, truth = lung_mask(case.volume), case.lung_mask
+    assert (truth & ~mask).sum() < 0.05 * truth.sum()
+    assert (mask & ~truth).sum() < 0.02 * truth.sum()
+    assert mask[case.lesion_mask].mean() > 0.8
+    measured = (case.lesion_mask & mask).sum() / mask.sum()
+    assert abs(measured - case.lesion_fraction) < 0.15 * case.lesion_fraction
+    normal = phantom.make_phantom_case(1, "normal", 128)
+    mask, truth = lung_mask(normal.volume), normal.lung_mask
+    assert (mask & ~truth).sum() < 0.014 * truth.sum()
+    assert (truth & ~mask).sum() < 0.005 * truth.sum()
