@@ -143,6 +143,15 @@ def _morph_factor(spacing_mm: tuple[float, float, float] | None) -> int:
     return max(1, int(round(MORPH_MM / max(min(spacing_mm[1:]), 1e-6))))
 
 
+def _padded_box(mask: np.ndarray, pad_y: int, pad_x: int) -> tuple[slice, slice, slice]:
+    """Bounding box of a non-empty ``mask``: its slices exactly, rows and columns widened by the pads
+    (clipped at the array)."""
+    zs, ys, xs = (np.flatnonzero(mask.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+    ny, nx = mask.shape[1:]
+    return (slice(zs[0], zs[-1] + 1), slice(max(ys[0] - pad_y, 0), min(ys[-1] + 1 + pad_y, ny)),
+            slice(max(xs[0] - pad_x, 0), min(xs[-1] + 1 + pad_x, nx)))
+
+
 def _pool_any(mask: np.ndarray, f: int) -> np.ndarray:
     """In-plane f x f max-pooling of a bool (z, y, x) mask (the edges padded with False)."""
     if f == 1:
@@ -249,9 +258,7 @@ def lung_mask(volume: CTVolume, *, threshold: float = LUNG_HU, min_volume_ml: fl
         if airway.any():
             steps = int(round(AIRWAY_RIM_MM / min(sy, sx)))
             if steps > 0:
-                zs, ys, xs = (np.flatnonzero(airway.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
-                box = (slice(zs[0], zs[-1] + 1), slice(max(ys[0] - steps, 0), ys[-1] + 1 + steps),
-                       slice(max(xs[0] - steps, 0), xs[-1] + 1 + steps))
+                box = _padded_box(airway, steps, steps)
                 airway[box] = ndimage.binary_dilation(airway[box], structure=_IN_PLANE, iterations=steps,
                                                       mask=lungs[box] | airway[box])
             lungs &= ~airway
@@ -283,11 +290,8 @@ def _close_and_fill(part: np.ndarray, radius: int, f: int, body: np.ndarray, hu:
     within its bounding box plus the closing's reach. Only coarse pixels holding no lung at all can be
     added by the closing, so the subsampling never puts a blocky rim around the lung. Holes of more than
     ``max_open_hole`` pixels that are open to the outside in 3D stay open (module docstring, step 5)."""
-    zs, ys, xs = (np.flatnonzero(part.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
     pad = (radius + 1) * f
-    box = (slice(zs[0], zs[-1] + 1),
-           slice(max(ys[0] - pad, 0), ys[-1] + 1 + pad),
-           slice(max(xs[0] - pad, 0), xs[-1] + 1 + pad))
+    box = _padded_box(part, pad, pad)
     sub = part[box]
     closed = sub
     if radius > 0:
@@ -345,6 +349,11 @@ def _per_ray(bins: np.ndarray, values: np.ndarray, n: int, reduce: np.ufunc, emp
     return out
 
 
+def _ray_mean(bins: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Mean of ``values`` per ray bin (0 for bins with none)."""
+    return np.bincount(bins, values, n) / np.maximum(np.bincount(bins, minlength=n), 1)
+
+
 def _costal_consolidation(part: np.ndarray, hu: np.ndarray, body: np.ndarray, depth: np.ndarray,
                           spacing_mm: tuple[float, float, float], centre: tuple[float, float],
                           threshold: float) -> np.ndarray:
@@ -355,11 +364,8 @@ def _costal_consolidation(part: np.ndarray, hu: np.ndarray, body: np.ndarray, de
     zs = np.flatnonzero(part.any(axis=(1, 2)) & depth.any(axis=(1, 2)))
     if zs.size == 0:
         return part
-    nz, ny, nx = part.shape
-    ys, xs = np.flatnonzero(part.any(axis=(0, 2))), np.flatnonzero(part.any(axis=(0, 1)))
-    pad_y, pad_x = int(np.ceil(COSTAL_MM / sy)) + 1, int(np.ceil(COSTAL_MM / sx)) + 1
-    box = (slice(max(ys[0] - pad_y, 0), min(ys[-1] + 1 + pad_y, ny)),
-           slice(max(xs[0] - pad_x, 0), min(xs[-1] + 1 + pad_x, nx)))
+    nz = part.shape[0]
+    box = _padded_box(part, int(np.ceil(COSTAL_MM / sy)) + 1, int(np.ceil(COSTAL_MM / sx)) + 1)[1:]
     dy = (np.arange(box[0].start, box[0].stop) - centre[0])[:, None] * sy
     dx = (np.arange(box[1].start, box[1].stop) - centre[1])[None, :] * sx
     r = np.hypot(dy, dx)  # mm from the centre, and the ray bin, of each pixel of the box
@@ -382,10 +388,10 @@ def _costal_consolidation(part: np.ndarray, hu: np.ndarray, body: np.ndarray, de
         near = (r > edge_r[z][bins] - last) & (r <= edge_r[z][bins])
         inner = m & near
         n_inner = np.bincount(bins[inner], minlength=n_rays)
-        mean_hu = np.bincount(bins[inner], hu[z][box][inner], n_rays) / np.maximum(n_inner, 1)
+        mean_hu = _ray_mean(bins[inner], hu[z][box][inner], n_rays)
         around = np.concatenate([hu[max(z - k_near, 0):z, box[0], box[1]], hu[z + 1:z + 1 + k_near, box[0], box[1]]])
         low = around.min(axis=0) if len(around) else hu[z][box]
-        mean_low = np.bincount(bins[inner], low[inner], n_rays) / np.maximum(n_inner, 1)
+        mean_low = _ray_mean(bins[inner], low[inner], n_rays)
         not_grazing = n_inner >= 0.5 * np.bincount(bins[near], minlength=n_rays)
         lesion[z] = (n_inner > 0) & not_grazing & (mean_hu > LESION_EDGE_HU) & (mean_low > -750.0)
 
@@ -404,8 +410,7 @@ def _costal_consolidation(part: np.ndarray, hu: np.ndarray, body: np.ndarray, de
         ok = todo[z] & (r_wall < r_stop) & (r_wall - edge_r[z] <= COSTAL_MM)
         limit = np.where(ok, np.minimum(r_wall, reach[z] + 0.5 * px), -np.inf)
         fill = beyond & (r < limit[bins])
-        mean_fill = np.bincount(bins[fill], h[fill], n_rays) / np.maximum(np.bincount(bins[fill], minlength=n_rays), 1)
-        ok &= mean_fill <= 40.0
+        ok &= _ray_mean(bins[fill], h[fill], n_rays) <= 40.0
         wall_per_ray = 2 * np.pi * np.median(edge_r[z][np.isfinite(edge_r[z])]) / n_rays  # mm of wall
         run = max(1, int(round(3.5 / wall_per_ray)))  # rays in 3.5 mm of wall
         if run > 1:
@@ -428,12 +433,9 @@ def _trim_partial_volume(mask: np.ndarray, hu: np.ndarray, body: np.ndarray,
     """``mask`` less its in-plane edge voxels that are less than half lung (module docstring, step 7)."""
     sy, sx = spacing_mm[1:]
     k = max(3, int(round(5.0 / min(sy, sx))) | 1)  # a window of about 5 mm
-    zs, ys, xs = (np.flatnonzero(mask.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
-    if zs.size == 0:
+    if not mask.any():
         return mask
-    ny, nx = mask.shape[1:]
-    box = (slice(zs[0], zs[-1] + 1), slice(max(ys[0] - k, 0), min(ys[-1] + 1 + k, ny)),
-           slice(max(xs[0] - k, 0), min(xs[-1] + 1 + k, nx)))
+    box = _padded_box(mask, k, k)
     m = mask[box]
     h = np.clip(hu[box], -1000.0, 100.0)
     interior = ndimage.binary_erosion(m, structure=_IN_PLANE, border_value=1)

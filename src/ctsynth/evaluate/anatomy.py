@@ -93,7 +93,7 @@ def lesion_masks(hu: np.ndarray, lung: np.ndarray, spacing_mm: tuple[float, floa
     candidates = sub_lung & (sub >= GGO_RANGE[0]) & (sub <= CONSOLIDATION_RANGE[1]) & (raw >= GGO_RANGE[0])
     vessels = vessel_voxels(raw, sub, spacing_mm, sub_lung) & candidates
     rest = candidates & ~vessels
-    opened = ndimage.binary_opening(rest, structure=vessel_filter_element(spacing_mm)) & sub_lung
+    opened = ndimage.binary_opening(rest, structure=vessel_filter_element(spacing_mm))
     opened |= ndimage.binary_dilation(opened, structure=_IN_PLANE_CROSS) & rest
     labels, n = ndimage.label(opened)
     if n:
