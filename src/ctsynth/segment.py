@@ -15,7 +15,9 @@ Method (``lung_mask``), with the numbers and why:
    bowel gas in a chest CT's lower slices (typically 2-5% of the lungs' volume) are dropped. In an
    abdominal CT, where bowel gas can outweigh the lung bases, they are not: the mask is meant for chest CT.
 4. **Trachea and main bronchi** (best effort): the airway lumen is nearly pure air (below ``-950`` HU
-   after a 3x3 in-plane mean) while lung parenchyma is denser. The airway is the component of such voxels
+   after an in-plane mean over about 2 mm, ``AIRWAY_MEAN_MM``: 3x3 pixels at 0.6-1 mm, none at 1.3 mm or more,
+   where a 3x3 mean would span a main bronchus and lose it below the carina and let the hilar tissue round it
+   be taken in as lung) while lung parenchyma is denser. The airway is the component of such voxels
    that reaches the first or last lung slice near the body's left-right centre; it is removed (dilated by 1)
    if its volume is plausible for an airway (< 250 mL); otherwise (emphysema, where the lung itself is below
    -950, makes it leak into the lungs) nothing is removed. The removal is then widened by ``1.5`` mm in-plane
@@ -95,6 +97,7 @@ AIRWAY_HU = -950.0
 BONE_HU = 200.0
 MIN_FRACTION_OF_LARGEST = 0.1
 MORPH_MM = 1.5  # in-plane pixel size the slice-wise openings and closings run at (speed; see _morph_factor)
+AIRWAY_MEAN_MM = 2.0  # the in-plane mean that tells airway lumen from lung spans about this (step 4)
 AIRWAY_RIM_MM = 1.5  # the airway removal is widened by this, in-plane within the air (step 4)
 OPEN_HOLE_MM2 = 150.0  # larger slice-wise holes open to the outside in 3D are not filled (step 5)
 COSTAL_MM = 40.0  # slice range for the pleura's depth, and longest subpleural fill along a ray (step 6)
@@ -196,7 +199,8 @@ def body_mask(hu: np.ndarray, *, spacing_mm: tuple[float, float, float] | None =
     return _fill_holes_slicewise(_upsample(body, f, dense.shape) & dense)
 
 
-def _airway(air: np.ndarray, hu: np.ndarray, body: np.ndarray, voxel_ml: float) -> np.ndarray:
+def _airway(air: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing_mm: tuple[float, float, float]
+            ) -> np.ndarray:
     """The trachea/main-bronchi component (see the module docstring, step 4); empty when not found.
 
     Candidates are components of near-pure air inside ``air`` that touch the first or last slice holding
@@ -206,10 +210,12 @@ def _airway(air: np.ndarray, hu: np.ndarray, body: np.ndarray, voxel_ml: float) 
     zs = np.flatnonzero(air.any(axis=(1, 2)))
     if zs.size == 0:
         return np.zeros_like(air)
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     ys, xs = np.flatnonzero(air.any(axis=(0, 2))), np.flatnonzero(air.any(axis=(0, 1)))
     box = (slice(None), slice(max(ys[0] - 1, 0), ys[-1] + 2), slice(max(xs[0] - 1, 0), xs[-1] + 2))
+    k = 2 * max(int(np.floor((AIRWAY_MEAN_MM / min(spacing_mm[1:]) - 1.0) / 2.0 + 0.5)), 0) + 1  # odd
     dark = np.zeros_like(air)
-    dark[box] = air[box] & (ndimage.uniform_filter(hu[box], size=(1, 3, 3)) < AIRWAY_HU)
+    dark[box] = air[box] & (ndimage.uniform_filter(hu[box], size=(1, k, k)) < AIRWAY_HU)
     labels, sizes = _largest_components(dark)
     xs_body = np.flatnonzero(body.any(axis=(0, 1)))
     centre, half_width = (xs_body[0] + xs_body[-1]) / 2.0, max((xs_body[-1] - xs_body[0]) / 2.0, 1.0)
@@ -254,7 +260,7 @@ def lung_mask(volume: CTVolume, *, threshold: float = LUNG_HU, min_volume_ml: fl
     keep = (sizes * voxel_ml >= min_volume_ml) & (sizes >= MIN_FRACTION_OF_LARGEST * sizes.max())
     lungs = keep[labels]
     if remove_airways:
-        airway = _airway(lungs, hu, body, voxel_ml)
+        airway = _airway(lungs, hu, body, volume.spacing_mm)
         if airway.any():
             steps = int(round(AIRWAY_RIM_MM / min(sy, sx)))
             if steps > 0:
