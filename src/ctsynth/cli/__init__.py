@@ -48,6 +48,17 @@ def main(argv: list[str] | None = None) -> int:
                   "(fix: free disk space or write elsewhere)", file=sys.stderr)
             return 2
         raise
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Tear down a distributed process group (DDP ranks of ``train`` or ``generate``) while the interpreter is
+    still whole: otherwise gloo's worker threads can outlive it and the rank aborts at exit ("terminate called
+    without an active exception", exit -6) after its work is done."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
