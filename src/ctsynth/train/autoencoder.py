@@ -21,7 +21,7 @@ from ..config import Config
 from ..models.autoencoder import (build_autoencoder, build_discriminator, decode_latent, downsampling_factor,
                                   encode_volume, kl_loss)
 from ..data import Augment, CachePatchDataset, CacheVolumes
-from .common import JsonlLog, StepSampler, StopFlag, now, progress_bar, write_json
+from .common import JsonlLog, StepSampler, StopFlag, gradients_finite, now, progress_bar, write_json
 from .state import check_fresh_or_resume, load_stage, restore_after_non_finite, save_stage, set_lr, warn
 
 STAGE = "autoencoder"
@@ -109,11 +109,17 @@ def train_autoencoder(fabric, config: Config, prep_dir: Path, run_dir: Path, ent
                 totals["kl"] += float(kl.detach()) / tcfg.grad_accum
 
             finite = all(math.isfinite(v) for v in totals.values())
+            skipped = None
             if fabric.strategy.reduce_boolean_decision(not finite, all=False):
+                skipped = "non-finite loss"
+            elif not (gradients_finite(fabric, ae, opt_g, tcfg.max_grad_norm)
+                      and (not use_adv or gradients_finite(fabric, disc, opt_d, 0.0))):
+                skipped = "non-finite gradient"
+            if skipped:
                 opt_g.zero_grad(set_to_none=True)
                 opt_d.zero_grad(set_to_none=True)
                 bad_in_a_row += 1
-                log.write({"step": step, "skipped": "non-finite loss", **{k: str(v) for k, v in totals.items()}})
+                log.write({"step": step, "skipped": skipped, **{k: str(v) for k, v in totals.items()}})
                 if bad_in_a_row >= tcfg.nan_patience:
                     restored, lr_scale = restore_after_non_finite(fabric, stage_dir, modules, optimizers, cfg.lr,
                                                                   lr_scale, bad_in_a_row)
@@ -124,8 +130,6 @@ def train_autoencoder(fabric, config: Config, prep_dir: Path, run_dir: Path, ent
                     bar.n = step
                 continue
             bad_in_a_row = 0
-            if tcfg.max_grad_norm > 0:
-                fabric.clip_gradients(ae, opt_g, max_norm=tcfg.max_grad_norm)
             opt_g.step()
             opt_g.zero_grad(set_to_none=True)
             if use_adv:

@@ -90,6 +90,16 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+def gradients_finite(fabric, module, optimizer, max_norm: float) -> bool:
+    """Clip ``module``'s gradients to ``max_norm`` (no clipping when it is 0) and say whether their norm is
+    finite on every rank. Under bf16/fp16 mixed precision a gradient can overflow while the loss is finite;
+    the loop then skips the step like a non-finite loss instead of stopping (Fabric's clipping raises on a
+    non-finite norm by default) or writing NaN into the weights."""
+    norm = fabric.clip_gradients(module, optimizer, max_norm=max_norm if max_norm > 0 else float("inf"),
+                                 error_if_nonfinite=False)
+    return not fabric.strategy.reduce_boolean_decision(not bool(torch.isfinite(norm)), all=False)
+
+
 def study_for_sample(k: int, n: int, seed: int) -> int:
     """The study (index into the training list) that global sample ``k`` comes from: a fresh shuffle per epoch."""
     epoch, pos = divmod(k, n)

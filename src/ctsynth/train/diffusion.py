@@ -25,7 +25,8 @@ from ..io.atomic import atomic_file
 from ..models.autoencoder import build_autoencoder, downsampling_factor, encode_volume
 from ..models.diffusion import build_scheduler, build_unet, pad_latents, training_loss, update_ema
 from ..data import CacheVolumes
-from .common import JsonlLog, StopFlag, label_indices, now, progress_bar, sample_ids, study_for_sample, write_json
+from .common import (JsonlLog, StopFlag, gradients_finite, label_indices, now, progress_bar, sample_ids,
+                     study_for_sample, write_json)
 from .state import check_fresh_or_resume, load_stage, restore_after_non_finite, save_stage, set_lr, warn
 
 STAGE = "diffusion"
@@ -119,10 +120,15 @@ def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entri
                     fabric.backward(loss / tcfg.grad_accum)
                 total += float(loss.detach()) / tcfg.grad_accum
 
+            skipped = None
             if fabric.strategy.reduce_boolean_decision(not math.isfinite(total), all=False):
+                skipped = "non-finite loss"
+            elif not gradients_finite(fabric, unet, opt, tcfg.max_grad_norm):
+                skipped = "non-finite gradient"
+            if skipped:
                 opt.zero_grad(set_to_none=True)
                 bad_in_a_row += 1
-                log.write({"step": step, "skipped": "non-finite loss", "loss": str(total)})
+                log.write({"step": step, "skipped": skipped, "loss": str(total)})
                 if bad_in_a_row >= tcfg.nan_patience:
                     restored, lr_scale = restore_after_non_finite(fabric, stage_dir, modules, optimizers, cfg.lr,
                                                                   lr_scale, bad_in_a_row)
@@ -132,8 +138,6 @@ def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entri
                     bar.n = step
                 continue
             bad_in_a_row = 0
-            if tcfg.max_grad_norm > 0:
-                fabric.clip_gradients(unet, opt, max_norm=tcfg.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
             update_ema(ema, unet.module, cfg.ema_decay)
