@@ -151,26 +151,8 @@ def test_sigterm_writes_a_checkpoint_before_exiting(tmp_path):
     assert state["step"] >= 2 and state["step"] < 100000
 
 
-def _cpu_bf16_unet_gradients_are_finite() -> bool:
-    """Whether this CPU's bf16 kernels give the tiny diffusion UNet finite gradients: on some (an AMD EPYC
-    with avx512_bf16, torch 2.13.0) a convolution's bf16 backward returns NaN, which is the platform's, not
-    ctsynth's; the training loop then skips every step as non-finite."""
-    from ctsynth.models.diffusion import build_unet
-
-    torch.manual_seed(0)
-    unet = build_unet(load_config("tiny").diffusion, 4, 3)
-    x = torch.randn(2, 4, 4, 8, 12)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = unet(x, timesteps=torch.tensor([10, 500]), class_labels=torch.tensor([0, 1]))
-    (out.float() - x).pow(2).mean().backward()
-    return all(torch.isfinite(p.grad).all() for p in unet.parameters() if p.grad is not None)
-
-
 @pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
 def test_gradient_accumulation_runs_both_stages(tmp_path, precision):
-    if precision == "bf16-mixed" and not _cpu_bf16_unet_gradients_are_finite():
-        pytest.skip("this CPU's bf16 convolution backward returns NaN for the tiny UNet (a torch CPU kernel "
-                    "fault); bf16-mixed is for GPUs")
     prep = make_tiny_cache(tmp_path / "prep", n=3, n_held_out=1)
     config = load_config("tiny")
     config.autoencoder.steps = config.diffusion.steps = 3
@@ -179,4 +161,10 @@ def test_gradient_accumulation_runs_both_stages(tmp_path, precision):
     assert train(prep, config, tmp_path / "run", LaunchOptions(accelerator="cpu", precision=precision)) == "done"
     for stage in ("autoencoder", "diffusion"):
         records = read_log(tmp_path / "run" / stage / "log.jsonl")
-        assert [r["step"] for r in records] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in records)
+        # On some CPUs (an AMD EPYC with avx512_bf16, torch 2.13.0) a bf16 convolution backward returns NaN now
+        # and then: those steps are skipped as "non-finite gradient" and the run still ends, which is the guard's
+        # job; in fp32 no step may be skipped.
+        skipped = [r for r in records if "skipped" in r]
+        assert not skipped or (precision == "bf16-mixed" and {r["skipped"] for r in skipped} == {"non-finite gradient"})
+        updates = [r for r in records if "skipped" not in r]
+        assert [r["step"] for r in updates] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in updates)
