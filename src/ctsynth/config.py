@@ -91,7 +91,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_last: int = 3
     log_every: int = 10
-    nan_patience: int = 5  # non-finite losses in a row before restoring the last checkpoint
+    nan_patience: int = 5  # skipped steps (non-finite loss or gradient) in a row before restoring a checkpoint
     num_workers: int = 2
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     augment: bool = True  # stage 1 patches: ctsynth.data.Augment (small affine + intensity jitter, no flip)

@@ -21,7 +21,7 @@ from ..config import Config
 from ..models.autoencoder import (build_autoencoder, build_discriminator, decode_latent, downsampling_factor,
                                   encode_volume, kl_loss)
 from ..data import Augment, CachePatchDataset, CacheVolumes
-from .common import JsonlLog, StepSampler, StopFlag, gradients_finite, now, progress_bar, write_json
+from .common import JsonlLog, StepSampler, StopFlag, now, progress_bar, skip_reason, write_json
 from .state import check_fresh_or_resume, load_stage, restore_after_non_finite, save_stage, set_lr, warn
 
 STAGE = "autoencoder"
@@ -108,13 +108,8 @@ def train_autoencoder(fabric, config: Config, prep_dir: Path, run_dir: Path, ent
                 totals["l1"] += float(l1.detach()) / tcfg.grad_accum
                 totals["kl"] += float(kl.detach()) / tcfg.grad_accum
 
-            finite = all(math.isfinite(v) for v in totals.values())
-            skipped = None
-            if fabric.strategy.reduce_boolean_decision(not finite, all=False):
-                skipped = "non-finite loss"
-            elif not (gradients_finite(fabric, ae, opt_g, tcfg.max_grad_norm)
-                      and (not use_adv or gradients_finite(fabric, disc, opt_d, 0.0))):
-                skipped = "non-finite gradient"
+            clip = [(ae, opt_g, tcfg.max_grad_norm)] + ([(disc, opt_d, 0.0)] if use_adv else [])
+            skipped = skip_reason(fabric, all(math.isfinite(v) for v in totals.values()), clip)
             if skipped:
                 opt_g.zero_grad(set_to_none=True)
                 opt_d.zero_grad(set_to_none=True)

@@ -90,14 +90,24 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def gradients_finite(fabric, module, optimizer, max_norm: float) -> bool:
-    """Clip ``module``'s gradients to ``max_norm`` (no clipping when it is 0) and say whether their norm is
-    finite on every rank. Under bf16/fp16 mixed precision a gradient can overflow while the loss is finite;
-    the loop then skips the step like a non-finite loss instead of stopping (Fabric's clipping raises on a
-    non-finite norm by default) or writing NaN into the weights."""
-    norm = fabric.clip_gradients(module, optimizer, max_norm=max_norm if max_norm > 0 else float("inf"),
-                                 error_if_nonfinite=False)
-    return not fabric.strategy.reduce_boolean_decision(not bool(torch.isfinite(norm)), all=False)
+def skip_reason(fabric, loss_finite: bool, clip: list[tuple[torch.nn.Module, Any, float]]) -> str | None:
+    """Why this step must not update the weights (None when it may), agreed by all ranks in one collective.
+
+    ``clip``: ``(module, optimizer, max_norm)`` whose gradients are clipped to ``max_norm`` (not clipped when
+    it is 0) and checked. Under bf16/fp16 mixed precision a gradient can overflow while the loss is finite;
+    such a step is skipped like a non-finite loss instead of stopping the run (Fabric's clipping raises on a
+    non-finite norm by default) or writing NaN into the weights.
+    """
+    reason = None if loss_finite else "non-finite loss"
+    for module, optimizer, max_norm in clip if reason is None else ():
+        norm = fabric.clip_gradients(module, optimizer, max_norm=max_norm if max_norm > 0 else float("inf"),
+                                     error_if_nonfinite=False)
+        if not torch.isfinite(norm):
+            reason = "non-finite gradient"
+            break
+    if fabric.strategy.reduce_boolean_decision(reason is not None, all=False):
+        return reason or "non-finite on another rank"
+    return None
 
 
 def study_for_sample(k: int, n: int, seed: int) -> int:

@@ -25,8 +25,8 @@ from ..io.atomic import atomic_file
 from ..models.autoencoder import build_autoencoder, downsampling_factor, encode_volume
 from ..models.diffusion import build_scheduler, build_unet, pad_latents, training_loss, update_ema
 from ..data import CacheVolumes
-from .common import (JsonlLog, StopFlag, gradients_finite, label_indices, now, progress_bar, sample_ids,
-                     study_for_sample, write_json)
+from .common import (JsonlLog, StopFlag, label_indices, now, progress_bar, sample_ids, skip_reason, study_for_sample,
+                     write_json)
 from .state import check_fresh_or_resume, load_stage, restore_after_non_finite, save_stage, set_lr, warn
 
 STAGE = "diffusion"
@@ -120,11 +120,7 @@ def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entri
                     fabric.backward(loss / tcfg.grad_accum)
                 total += float(loss.detach()) / tcfg.grad_accum
 
-            skipped = None
-            if fabric.strategy.reduce_boolean_decision(not math.isfinite(total), all=False):
-                skipped = "non-finite loss"
-            elif not gradients_finite(fabric, unet, opt, tcfg.max_grad_norm):
-                skipped = "non-finite gradient"
+            skipped = skip_reason(fabric, math.isfinite(total), [(unet, opt, tcfg.max_grad_norm)])
             if skipped:
                 opt.zero_grad(set_to_none=True)
                 bad_in_a_row += 1

@@ -76,7 +76,7 @@ def warn(fabric, message: str) -> None:
 def restore_after_non_finite(fabric, stage_dir: Path, modules: dict[str, torch.nn.Module],
                              optimizers: dict[str, torch.optim.Optimizer], base_lr: float, lr_scale: float,
                              in_a_row: int) -> tuple[int | None, float]:
-    """The NaN guard's last resort, after ``nan_patience`` non-finite losses in a row.
+    """The NaN guard's last resort, after ``nan_patience`` skipped steps (non-finite loss or gradient) in a row.
 
     Restores the newest checkpoint (weights and optimizer state, not the RNG: the same batches would fail
     again), halves the learning rate and says so in one line. Returns the restored step (None when there
