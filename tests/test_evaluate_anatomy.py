@@ -105,15 +105,26 @@ def test_lesion_reader_recovers_the_phantom_ground_truth_in_the_true_lung(seed):
     assert lesion.sum() / truth.lung_mask.sum() == pytest.approx(truth.lesion_fraction, rel=0.10)
 
 
+@pytest.mark.parametrize("seed", _COVID_SEEDS)
+def test_lesion_fraction_recovers_the_phantom_ground_truth(seed):
+    """Issue requirement, end to end as `ctsynth evaluate` measures it (our body and lung masks), at the
+    phantom's own size (512 x 512, pixels of 0.6-0.9 mm as in clinical chest CT): within 10% relative of the
+    saved truth, for covid cases whose truth is >= 0.03."""
+    truth = make_phantom_case(seed, "covid")
+    if truth.lesion_fraction < 0.03:
+        pytest.skip(f"truth {truth.lesion_fraction:.3f} < 0.03: a few voxels of partial volume are already 10%")
+    measured = _measure(truth.volume)["lesion_fraction"]
+    assert measured == pytest.approx(truth.lesion_fraction, rel=0.10)
+
+
 _END_TO_END_GAPS = {2: _READER_GAP, 7: _LUNG_MASK_GAP, 11: _LUNG_MASK_GAP, 12: _LUNG_MASK_GAP,
                     13: _LUNG_MASK_GAP}
 
 
 @pytest.mark.parametrize("seed", [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=_END_TO_END_GAPS[s]))
                                   if s in _END_TO_END_GAPS else s for s in _COVID_SEEDS])
-def test_lesion_fraction_recovers_the_phantom_ground_truth(seed):
-    """Issue requirement, end to end as `ctsynth evaluate` measures it (our body and lung masks): within 10%
-    relative of the saved truth, for covid cases whose truth is >= 0.03."""
+def test_lesion_fraction_at_coarse_pixels_128(seed):
+    """The same at 128 x 128 (pixels of 2.6-3.3 mm), where the known gaps are marked."""
     truth = _truth_at_least_3_percent(seed)
     measured = _measure(truth.volume)["lesion_fraction"]
     assert measured == pytest.approx(truth.lesion_fraction, rel=0.10)

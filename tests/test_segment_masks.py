@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctsynth.segment import body_mask, lung_mask, split_lungs
+from ctsynth import segment
+from ctsynth.segment import _airway, body_mask, lung_mask, split_lungs
 from ctsynth.volume import CTVolume
 
 from _prepare_cohorts import ellipsoid_chest
@@ -42,6 +43,37 @@ def test_lung_mask_removes_a_trachea_entering_from_the_top():
     assert mask[tube].mean() < 0.2
     assert dice(mask, lungs) >= dice(with_airway, lungs) - 0.01
     assert dice(mask, lungs) > 0.95
+
+
+def _chest_with_a_dim_bronchus(lung_hu: float):
+    """``ellipsoid_chest`` with its trachea's lower third at -930 HU (a bronchus partial-volumed with its wall
+    in a thick slice) and the lungs at ``lung_hu``; returns the inputs of ``_airway``, the dim part and the lungs."""
+    volume, lungs, _, _ = ellipsoid_chest(trachea=True)
+    hu = volume.hu.copy()
+    rng = np.random.default_rng(1)
+    tube = (hu < -960) & ~lungs & body_mask(hu, spacing_mm=volume.spacing_mm)
+    dim = tube & (np.arange(hu.shape[0]) < np.flatnonzero(tube.any(axis=(1, 2)))[0] + 3)[:, None, None]
+    hu[dim] = -930.0 + rng.normal(0, 15, int(dim.sum()))
+    hu[lungs] = lung_hu + rng.normal(0, 15, int(lungs.sum()))
+    body = body_mask(hu, spacing_mm=volume.spacing_mm)
+    return (hu < -320) & body, hu, body, volume.spacing_mm, dim, lungs
+
+
+def test_airway_threshold_rises_for_a_dim_bronchus(monkeypatch):
+    air, hu, body, spacing, dim, lungs = _chest_with_a_dim_bronchus(-850.0)
+    airway = _airway(air, hu, body, spacing)
+    assert airway[dim].mean() > 0.9
+    assert not (airway & lungs).any()
+    monkeypatch.setattr(segment, "AIRWAY_HU_STEPS", (segment.AIRWAY_HU,))
+    assert _airway(air, hu, body, spacing)[dim].mean() < 0.5  # -950 HU alone stops where the lumen dims
+
+
+def test_airway_threshold_stops_before_it_leaks_into_dark_lung():
+    """Lungs at -905 HU: at -900 the airway would run into them; the -925 HU airway is kept."""
+    air, hu, body, spacing, dim, lungs = _chest_with_a_dim_bronchus(-905.0)
+    airway = _airway(air, hu, body, spacing)
+    assert airway[dim].mean() > 0.3
+    assert (airway & lungs).sum() < 0.01 * lungs.sum()
 
 
 def test_lung_mask_of_air_only_or_no_lungs_is_empty():
