@@ -46,8 +46,9 @@ def test_lung_mask_removes_a_trachea_entering_from_the_top():
 
 
 def _chest_with_a_dim_bronchus(lung_hu: float):
-    """``ellipsoid_chest`` with its trachea's lower third at -930 HU (a bronchus partial-volumed with its wall
-    in a thick slice) and the lungs at ``lung_hu``; returns the inputs of ``_airway``, the dim part and the lungs."""
+    """``ellipsoid_chest`` with the three slices of its trachea nearest the lungs at -930 HU (a bronchus
+    partial-volumed with its wall in a thick slice) and the lungs at ``lung_hu``; returns the inputs of
+    ``_airway``, the dim part and the lungs."""
     volume, lungs, _, _ = ellipsoid_chest(trachea=True)
     hu = volume.hu.copy()
     rng = np.random.default_rng(1)
