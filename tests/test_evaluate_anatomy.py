@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from _evaluate_cohorts import case
-from ctsynth.evaluate.anatomy import QUANTITIES, TISSUES, lesion_masks, measure_anatomy
+from ctsynth.evaluate.anatomy import QUANTITIES, TISSUES, coarse_pixel_note, lesion_masks, measure_anatomy
 from ctsynth.phantom import make_phantom_case
 from ctsynth.segment import body_mask, lung_mask, split_lungs
 
@@ -133,3 +133,9 @@ def test_lesion_fraction_at_coarse_pixels_128(seed):
 def test_normal_phantom_has_almost_no_lesion():
     for seed in (0, 1, 2):
         assert _measure(_case_128(seed, "normal").volume)["lesion_fraction"] < 0.01
+
+
+def test_coarse_pixels_get_a_note_on_the_lesion_fraction():
+    assert coarse_pixel_note([0.7, 0.85, 1.0]) is None
+    note = coarse_pixel_note([0.7, 3.1, 1.5])
+    assert note.startswith("2 of 3 volumes") and "up to 3.10 mm" in note

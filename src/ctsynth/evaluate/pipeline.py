@@ -18,7 +18,7 @@ from scipy.stats import wasserstein_distance
 
 from ..errors import CTSynthError
 from . import verdicts
-from .anatomy import QUANTITIES
+from .anatomy import QUANTITIES, coarse_pixel_note
 from .diversity import mean_pairwise_ms_ssim
 from .features import VolumeSummary, summarise_volume, thumbnail_shape
 from .fidelity import matched_scores, median_bandwidth, standardiser
@@ -184,6 +184,9 @@ def evaluate_items(real_items: list[StudyItem], synth_items: dict[str, list[Stud
     summaries = summarise_items(real_items, grid, external, progress)
     for items in synth_items.values():
         summaries += summarise_items(items, grid, external, progress)
+    coarse = coarse_pixel_note([max(s.spacing_mm[1:]) for s in summaries])
+    if coarse:
+        notes.append(coarse)
     train = [s for s in summaries if s.group == "train"]
     held = [s for s in summaries if s.group == "held_out"]
     sets = {name: [s for s in summaries if s.group == name] for name in names}
