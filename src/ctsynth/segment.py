@@ -121,14 +121,14 @@ def _disk(radius: int) -> np.ndarray:
     return (yy * yy + xx * xx <= r * r + r)[None]
 
 
-_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
-_IN_PLANE[1] = True  # 8-connectivity within a slice, none across slices
+IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+IN_PLANE[1] = True  # 8-connectivity within a slice, none across slices
 
 
 def _fill_holes_slicewise(mask: np.ndarray) -> np.ndarray:
     """Per-slice hole filling: background not connected (in its slice) to the slice's border becomes
     foreground. One labelling pass over the volume, much faster than ``binary_fill_holes`` slice by slice."""
-    labels, n = ndimage.label(~mask, structure=_IN_PLANE)
+    labels, n = ndimage.label(~mask, structure=IN_PLANE)
     if n == 0:
         return mask.copy()
     outside = np.zeros(n + 1, dtype=bool)
@@ -279,23 +279,16 @@ def lung_mask(volume: CTVolume, *, threshold: float = LUNG_HU, min_volume_ml: fl
     truncated = _truncated_slices(hu)
     body[truncated] = True
     air = (hu < threshold) & body
-    labels, sizes = _largest_components(air)
-    if sizes.max(initial=0) * voxel_ml < min_volume_ml:
-        return np.zeros(hu.shape, dtype=bool)
-    keep = (sizes * voxel_ml >= min_volume_ml) & (sizes >= MIN_FRACTION_OF_LARGEST * sizes.max())
-    lungs = keep[labels]
-    if remove_airways:
+    lungs = _lung_sized_components(air, voxel_ml, min_volume_ml)
+    if remove_airways and lungs.any():
         airway = _airway(lungs, hu, body, volume.spacing_mm)
         if airway.any():
             steps = int(round(AIRWAY_RIM_MM / min(sy, sx)))
             if steps > 0:
                 box = _padded_box(airway, steps, steps)
-                airway[box] = ndimage.binary_dilation(airway[box], structure=_IN_PLANE, iterations=steps,
+                airway[box] = ndimage.binary_dilation(airway[box], structure=IN_PLANE, iterations=steps,
                                                       mask=lungs[box] | airway[box])
-            lungs &= ~airway
-            labels, sizes = _largest_components(lungs)
-            keep = (sizes * voxel_ml >= min_volume_ml) & (sizes >= MIN_FRACTION_OF_LARGEST * sizes.max(initial=1))
-            lungs = keep[labels]
+            lungs = _lung_sized_components(lungs & ~airway, voxel_ml, min_volume_ml)
     if not lungs.any():
         return lungs
     left, right = split_lungs(lungs, direction=volume.direction)
@@ -313,6 +306,14 @@ def lung_mask(volume: CTVolume, *, threshold: float = LUNG_HU, min_volume_ml: fl
     if min(sy, sx) <= TRIM_MAX_PIXEL_MM:
         out = _trim_partial_volume(out, hu, body, volume.spacing_mm)
     return out
+
+
+def _lung_sized_components(mask: np.ndarray, voxel_ml: float, min_volume_ml: float) -> np.ndarray:
+    """The 3D components of ``mask`` holding at least ``min_volume_ml`` and ``MIN_FRACTION_OF_LARGEST`` of
+    the largest one (module docstring, step 3); empty when none is that large."""
+    labels, sizes = _largest_components(mask)
+    keep = (sizes * voxel_ml >= min_volume_ml) & (sizes >= MIN_FRACTION_OF_LARGEST * sizes.max(initial=1))
+    return keep[labels]
 
 
 def _close_and_fill(part: np.ndarray, radius: int, f: int, body: np.ndarray, hu: np.ndarray,
@@ -342,7 +343,7 @@ def _fillable_holes(mask: np.ndarray, max_open_hole: float) -> np.ndarray:
     the slice, not lung. Vessels inside the lung are smaller than that, so the costly 3D labelling runs only
     when a large hole is found."""
     holes = _fill_holes_slicewise(mask) & ~mask
-    labels, n = ndimage.label(holes, structure=_IN_PLANE)
+    labels, n = ndimage.label(holes, structure=IN_PLANE)
     if n == 0:
         return holes
     large = np.bincount(labels.ravel(), minlength=n + 1) > max_open_hole
@@ -469,7 +470,7 @@ def _trim_partial_volume(mask: np.ndarray, hu: np.ndarray, body: np.ndarray,
     box = _padded_box(mask, k, k)
     m = mask[box]
     h = np.clip(hu[box], -1000.0, 100.0)
-    interior = ndimage.binary_erosion(m, structure=_IN_PLANE, border_value=1)
+    interior = ndimage.binary_erosion(m, structure=IN_PLANE, border_value=1)
 
     def local_mean(sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         count = ndimage.uniform_filter(sel.astype(np.float32), size=(1, k, k))

@@ -32,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..segment import IN_PLANE
+
 ISO_MM = 2.0
 SIGMAS_3D_MM = (2.5, 4.0, 6.0)
 SIGMAS_2D_MM = (1.5, 2.5, 4.0)
@@ -138,9 +140,7 @@ def _centrelines_in_plane(hu: np.ndarray, spacing_mm: tuple[float, float, float]
         centre |= (v > CENTRE_VESSELNESS) & (grad < CENTRE_GRADIENT * np.abs(big)) & where
         better = v > best
         best[better], radius[better] = v[better], RADIUS_PER_SIGMA * sigma_mm
-    in_plane = np.zeros((3, 3, 3), dtype=bool)
-    in_plane[1] = True
-    return np.where(_keep_long(centre, radius, spacing_mm, in_plane), radius, 0.0).astype(np.float32)
+    return np.where(_keep_long(centre, radius, spacing_mm, IN_PLANE), radius, 0.0).astype(np.float32)
 
 
 def vessel_voxels(hu: np.ndarray, smoothed: np.ndarray, spacing_mm: tuple[float, float, float],
