@@ -42,7 +42,7 @@ def test_tiny_config_trains_both_stages_and_losses_fall(tmp_path_factory):
     assert metrics["split"] == "held_out" and metrics["n_studies"] == 2
     assert 5 < metrics["psnr_db"] < 60 and -1 < metrics["ssim"] <= 1
     done = json.loads((run / "diffusion" / "done.json").read_text())
-    assert done["latent_shape"] == [2, 4, 8, 12] and done["latent_scale"] > 0
+    assert done["latent_shape"] == [2, 4, 8, 12] and min(done["latent_scale"]) > 0
 
 
 def test_finished_stages_are_not_retrained(tmp_path_factory):

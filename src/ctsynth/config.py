@@ -36,8 +36,12 @@ class DataConfig:
 
 @dataclass
 class AutoencoderConfig:
-    """Stage 1: MONAI AutoencoderKL + PatchDiscriminator, trained on random patches."""
+    """Stage 1: the space the diffusion model works in. ``kind: haar`` (default): the lossless 3D Haar
+    wavelet packet of ``haar_levels`` levels, nothing to train (``ctsynth.models.wavelet``). ``kind: kl``:
+    MONAI AutoencoderKL + PatchDiscriminator trained on random patches (every other key of this section)."""
 
+    kind: str = "haar"  # "haar" or "kl"
+    haar_levels: int = 2  # haar: 8**levels channels at 1/2**levels of the size per axis
     channels: tuple[int, ...] = (32, 64, 64)
     latent_channels: int = 4
     num_res_blocks: int = 1
@@ -68,7 +72,7 @@ class DiffusionConfig:
     train_timesteps: int = 1000
     sample_steps: int = 30
     guidance: float = 2.0
-    label_dropout: float = 0.15  # classifier-free guidance: fraction of steps trained unconditionally
+    label_dropout: float = 0.15  # classifier-free guidance: fraction of samples trained unconditionally
     batch_size: int = 2
     lr: float = 1e-4
     steps: int = 40000

@@ -21,7 +21,7 @@ from .checkpoint import load_weights
 from .config import Config, config_from_dict
 from .errors import CTSynthError
 from .models.autoencoder import decode_latent
-from .models.diffusion import build_scheduler, build_unet, sample_latents, unet_multiple
+from .models.diffusion import build_scheduler, build_unet, sample_latents, unet_multiple, unstandardise
 from .preprocess.window import denormalise
 from .volume import CTVolume
 
@@ -59,7 +59,8 @@ class Generator:
                  unet: torch.nn.Module, diffusion_done: dict[str, Any], device: torch.device) -> None:
         self.run_dir, self.info, self.config = run_dir, info, config
         self.autoencoder, self.unet, self.device = autoencoder, unet, device
-        self.latent_scale = float(diffusion_done["latent_scale"])
+        self.latent_shift = torch.tensor(diffusion_done["latent_shift"], dtype=torch.float32)
+        self.latent_scale = torch.tensor(diffusion_done["latent_scale"], dtype=torch.float32)
         self.latent_shape = tuple(int(n) for n in diffusion_done["latent_shape"])  # (c, z, y, x)
         self.labels: tuple[str, ...] = tuple(info["labels"])
         self.null_label = int(diffusion_done["null_label"])
@@ -70,6 +71,7 @@ class Generator:
     @classmethod
     def load(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> "Generator":
         """Load a finished run (safetensors + JSON, nothing unpickled); a missing or damaged file is a CTSynthError."""
+        from .models.autoencoder import latent_channels
         from .train.diffusion import load_frozen_autoencoder
 
         run_dir = Path(run_dir)
@@ -84,7 +86,7 @@ class Generator:
         done = _read_json(run_dir / "diffusion" / "done.json", "the diffusion stage's done.json")
         device = torch.device(device)
         autoencoder = load_frozen_autoencoder(run_dir, config, device)
-        unet = build_unet(config.diffusion, config.autoencoder.latent_channels, len(config.data.labels))
+        unet = build_unet(config.diffusion, latent_channels(config.autoencoder), len(config.data.labels))
         weights_path = run_dir / "diffusion" / "model.safetensors"
         try:
             unet.load_state_dict(load_weights(weights_path)["ema"])
@@ -137,7 +139,8 @@ class Generator:
             with (autocast() if autocast is not None else torch.autocast("cpu", enabled=False)):
                 z = sample_latents(self.unet, scheduler, noise, labels, self.null_label, guidance, steps,
                                    self.latent_shape[1:], eta=eta, generators=gens)
-                images = decode_latent(self.autoencoder, z / self.latent_scale, self.image_shape)
+                z = unstandardise(z.float(), self.latent_shift, self.latent_scale)
+                images = decode_latent(self.autoencoder, z, self.image_shape)
             for i, image in zip(chunk, images.float().cpu().numpy()):
                 hu = denormalise(image[0], self.hu_window)
                 spec = SampleSpec(index=i, seed=seed + i, label=label, guidance=guidance, steps=steps,

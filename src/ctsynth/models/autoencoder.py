@@ -1,4 +1,5 @@
-"""Stage 1: MONAI ``AutoencoderKL`` (3D, 4x downsampling) + MONAI ``PatchDiscriminator``.
+"""Stage 1: the diffusion model's space. ``kind: haar``: the fixed Haar wavelet packet (``wavelet.py``);
+``kind: kl``: MONAI ``AutoencoderKL`` (3D, 4x downsampling) + MONAI ``PatchDiscriminator``.
 
 Losses: L1 reconstruction + KL (weighted by ``kl_weight``) + least-squares adversarial loss (MONAI
 ``PatchAdversarialLoss``) after ``adv_start_step``. No perceptual loss: MONAI's needs downloaded weights.
@@ -13,15 +14,35 @@ import torch.nn.functional as F
 from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 
 from ..config import AutoencoderConfig
+from ..errors import CTSynthError
 from . import check_levels
+from .wavelet import HaarTransform
+
+KINDS = ("haar", "kl")
 
 
 def downsampling_factor(cfg: AutoencoderConfig) -> int:
-    """Each level after the first halves every axis."""
-    return 2 ** (len(cfg.channels) - 1)
+    """Each Haar level, or each autoencoder level after the first, halves every axis."""
+    return 2 ** (cfg.haar_levels if cfg.kind == "haar" else len(cfg.channels) - 1)
 
 
-def build_autoencoder(cfg: AutoencoderConfig, grad_checkpointing: bool = False) -> AutoencoderKL:
+def latent_channels(cfg: AutoencoderConfig) -> int:
+    return 8 ** cfg.haar_levels if cfg.kind == "haar" else cfg.latent_channels
+
+
+def is_trained(cfg: AutoencoderConfig) -> bool:
+    """Whether stage 1 has weights to train (the Haar transform has none)."""
+    return cfg.kind == "kl"
+
+
+def build_autoencoder(cfg: AutoencoderConfig, grad_checkpointing: bool = False) -> AutoencoderKL | HaarTransform:
+    if cfg.kind not in KINDS:
+        raise CTSynthError(f"unknown autoencoder.kind '{cfg.kind}'", fix=f"use one of {list(KINDS)}")
+    if cfg.kind == "haar":
+        if not 1 <= cfg.haar_levels <= 3:
+            raise CTSynthError(f"autoencoder.haar_levels must be 1, 2 or 3, got {cfg.haar_levels}",
+                               fix="use 2 (64 channels at a quarter of the size per axis)")
+        return HaarTransform(cfg.haar_levels)
     check_levels("autoencoder", cfg.channels, cfg.attention_levels, cfg.norm_num_groups)
     return AutoencoderKL(
         spatial_dims=3, in_channels=1, out_channels=1, channels=cfg.channels,

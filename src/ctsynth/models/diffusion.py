@@ -50,21 +50,57 @@ def build_scheduler(cfg: DiffusionConfig) -> DDIMScheduler | RFlowScheduler:
     raise CTSynthError(f"unknown diffusion.scheduler '{cfg.scheduler}'", fix=f"use one of {list(SCHEDULERS)}")
 
 
-def training_loss(unet: torch.nn.Module, scheduler, z0: torch.Tensor, labels: torch.Tensor,
-                  null_label: int, label_dropout: float) -> torch.Tensor:
-    """One denoising loss on clean (scaled, padded) latents ``z0``; randomness from the global torch RNG."""
-    noise = torch.randn_like(z0)
-    drop = torch.rand(labels.shape[0], device=labels.device) < label_dropout
+def training_draws(sample_ids: list[int], seed: int, shape: tuple[int, ...], scheduler, label_dropout: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each sample's noise, timestep and label dropout, from its own generator seeded by ``(seed, g)`` where
+    ``g`` is its global sample number (``ctsynth.train.common.sample_ids``).
+
+    So a step's randomness does not depend on how its samples are split into micro-batches or ranks: batch 2
+    with accumulation 1 and batch 1 with accumulation 2 compute the same gradient, and a resumed run draws
+    what an uninterrupted one would. Timesteps follow the scheduler's training distribution (rectified flow:
+    uniform or logit-normal on [0, T), as MONAI's ``RFlowScheduler.sample_timesteps``; DDPM: uniform integers).
+    Returns ``noise (b, *shape)``, ``t (b,)`` and ``drop (b,)`` (bool: train this sample unconditionally).
+    """
+    noises, ts, drops = [], [], []
+    T = scheduler.num_train_timesteps
+    for g in sample_ids:
+        gen = torch.Generator().manual_seed((int(seed) << 32) + int(g))
+        if isinstance(scheduler, RFlowScheduler):
+            u = (torch.sigmoid(torch.randn((), generator=gen)) if scheduler.sample_method == "logit-normal"
+                 else torch.rand((), generator=gen))
+            t = (u * T).long() if scheduler.use_discrete_timesteps else u * T
+        else:
+            t = torch.randint(0, T, (), generator=gen)
+        ts.append(t)
+        drops.append(bool(torch.rand((), generator=gen) < label_dropout))
+        noises.append(torch.randn(shape, generator=gen))
+    return torch.stack(noises), torch.stack(ts), torch.tensor(drops)
+
+
+def training_loss(unet: torch.nn.Module, scheduler, z0: torch.Tensor, labels: torch.Tensor, null_label: int,
+                  noise: torch.Tensor, t: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """One denoising loss on clean (standardised, padded) latents ``z0`` with the draws of :func:`training_draws`:
+    rectified flow regresses the velocity ``z0 - noise``, DDPM the v-prediction."""
     labels = torch.where(drop, torch.full_like(labels, null_label), labels)
     if isinstance(scheduler, RFlowScheduler):
-        t = scheduler.sample_timesteps(z0)
         target = z0 - noise
     else:
-        t = torch.randint(0, scheduler.num_train_timesteps, (z0.shape[0],), device=z0.device)
         target = scheduler.get_velocity(z0, noise, t)
     noisy = scheduler.add_noise(original_samples=z0, noise=noise, timesteps=t)
     pred = unet(noisy, timesteps=t, class_labels=labels)
     return torch.nn.functional.mse_loss(pred.float(), target.float())
+
+
+def guided_prediction(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, null_label: int,
+                      guidance: float) -> torch.Tensor:
+    """Classifier-free guidance, ``uncond + g * (cond - uncond)``: with ``g = 1`` exactly the conditional
+    pass (and only that pass is run)."""
+    if guidance == 1.0:
+        return unet(x, timesteps=t, class_labels=labels).float()
+    both = unet(torch.cat([x, x]), timesteps=torch.cat([t, t]),
+                class_labels=torch.cat([labels, torch.full_like(labels, null_label)])).float()
+    cond, uncond = both.chunk(2)
+    return uncond + guidance * (cond - uncond)
 
 
 @torch.no_grad()
@@ -73,29 +109,20 @@ def sample_latents(unet: torch.nn.Module, scheduler, noise: torch.Tensor, labels
                    generators: list[torch.Generator] | None = None) -> torch.Tensor:
     """Denoise ``noise`` (already padded to the UNet's multiple) into latents cropped to ``latent_shape``.
 
-    Every source of randomness is per sample (``generators[i]`` for DDIM with ``eta > 0``), so a sample does
-    not depend on what else is in its batch.
+    Rectified flow: Euler steps from t = T (pure noise) to 0, each ``x += v * (t - t_next) / T``, so the
+    steps' lengths add up to exactly 1. Every source of randomness is per sample (``generators[i]`` for DDIM
+    with ``eta > 0``), so a sample does not depend on what else is in its batch.
     """
     x = noise
-    if isinstance(scheduler, RFlowScheduler):
-        scheduler.set_timesteps(num_inference_steps=steps, device=x.device)
-        timesteps = scheduler.timesteps
-        nexts = torch.cat([timesteps[1:], torch.zeros(1, dtype=timesteps.dtype, device=timesteps.device)])
-    else:
-        scheduler.set_timesteps(num_inference_steps=steps, device=x.device)
-        timesteps, nexts = scheduler.timesteps, [None] * len(scheduler.timesteps)
-    null = torch.full_like(labels, null_label)
+    scheduler.set_timesteps(num_inference_steps=steps, device=x.device)
+    timesteps = scheduler.timesteps
+    rflow = isinstance(scheduler, RFlowScheduler)
+    nexts = (torch.cat([timesteps[1:], torch.zeros(1, dtype=timesteps.dtype, device=timesteps.device)]) if rflow
+             else [None] * len(timesteps))
     for t, t_next in zip(timesteps, nexts):
-        tt = torch.full((x.shape[0],), float(t) if isinstance(scheduler, RFlowScheduler) else int(t),
-                        device=x.device)
-        if guidance == 1.0:
-            pred = unet(x, timesteps=tt, class_labels=labels)
-        else:
-            both = unet(torch.cat([x, x]), timesteps=torch.cat([tt, tt]), class_labels=torch.cat([labels, null]))
-            cond, uncond = both.chunk(2)
-            pred = uncond + guidance * (cond - uncond)
-        pred = pred.float()
-        if isinstance(scheduler, RFlowScheduler):
+        tt = torch.full((x.shape[0],), float(t) if rflow else int(t), device=x.device)
+        pred = guided_prediction(unet, x, tt, labels, null_label, guidance)
+        if rflow:
             x, _ = scheduler.step(pred, t, x, t_next)
         elif eta > 0 and generators is not None:
             x = torch.cat([scheduler.step(pred[i:i + 1], int(t), x[i:i + 1], eta=eta, generator=g)[0]
@@ -107,6 +134,17 @@ def sample_latents(unet: torch.nn.Module, scheduler, noise: torch.Tensor, labels
 
 def pad_latents(z: torch.Tensor, cfg: DiffusionConfig) -> torch.Tensor:
     return pad_to_multiple(z, unet_multiple(cfg), value=0.0)[0]
+
+
+def standardise(latents: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Per-channel ``(z - shift) * scale`` of ``(n, c, z, y, x)`` latents; :func:`unstandardise` inverts it."""
+    view = (1, -1, 1, 1, 1)
+    return (latents - shift.view(view).to(latents)) * scale.view(view).to(latents)
+
+
+def unstandardise(z: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    view = (1, -1, 1, 1, 1)
+    return z / scale.view(view).to(z) + shift.view(view).to(z)
 
 
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:

@@ -1,4 +1,6 @@
 """Stage 1 loop: the KL autoencoder + patch discriminator on random patches, then held-out PSNR/SSIM.
+With ``autoencoder.kind: haar`` there is nothing to train: the stage only measures the transform's
+round trip on the held-out studies and writes ``done.json``.
 
 Per step (``grad_accum`` micro-batches each): generator loss = L1 + kl_weight * KL (+ adv_weight * LSGAN
 generator loss once ``step >= adv_start_step``), then the discriminator's LSGAN loss on real vs detached
@@ -19,7 +21,7 @@ from torch.utils.data import DataLoader
 from ..checkpoint import save_weights
 from ..config import Config
 from ..models.autoencoder import (build_autoencoder, build_discriminator, decode_latent, downsampling_factor,
-                                  encode_volume, kl_loss)
+                                  encode_volume, is_trained, kl_loss)
 from ..data import Augment, CachePatchDataset, CacheVolumes
 from .common import JsonlLog, StepSampler, StopFlag, now, progress_bar, skip_reason, write_json
 from .state import check_fresh_or_resume, load_stage, restore_after_non_finite, save_stage, set_lr, warn
@@ -42,6 +44,11 @@ def train_autoencoder(fabric, config: Config, prep_dir: Path, run_dir: Path, ent
         return "done"
     check_fresh_or_resume(stage_dir, resume)
     stage_dir.mkdir(parents=True, exist_ok=True)
+    if not is_trained(cfg):
+        if fabric.global_rank == 0:
+            finish_autoencoder(build_autoencoder(cfg).to(fabric.device), config, prep_dir, stage_dir, entries, 0)
+        fabric.barrier()
+        return "done"
     fabric.seed_everything(tcfg.seed + fabric.global_rank, verbose=False)
 
     ae = build_autoencoder(cfg, tcfg.grad_checkpointing)
@@ -153,7 +160,9 @@ def train_autoencoder(fabric, config: Config, prep_dir: Path, run_dir: Path, ent
 def finish_autoencoder(ae: torch.nn.Module, config: Config, prep_dir: Path, stage_dir: Path,
                        entries: dict[str, list], step: int) -> None:
     """Final weights, held-out reconstruction metrics, then ``done.json`` (written last: the stage's marker)."""
-    save_weights(stage_dir / "model.safetensors", {"autoencoder": ae.state_dict()})
+    trained = is_trained(config.autoencoder)
+    if trained:
+        save_weights(stage_dir / "model.safetensors", {"autoencoder": ae.state_dict()})
     split = "held_out" if entries["held_out"] else "train"
     eval_entries = (entries["held_out"] or entries["train"])[: config.autoencoder.eval_studies]
     metrics = reconstruction_metrics(ae, config, prep_dir, eval_entries)
@@ -161,7 +170,8 @@ def finish_autoencoder(ae: torch.nn.Module, config: Config, prep_dir: Path, stag
     if split == "train":
         metrics["note"] = "the cache has no held-out studies: measured on training studies (optimistic)"
     write_json(stage_dir / "metrics.json", metrics)
-    write_json(stage_dir / "done.json", {"stage": STAGE, "step": step, "weights": "model.safetensors",
+    write_json(stage_dir / "done.json", {"stage": STAGE, "step": step, "kind": config.autoencoder.kind,
+                                         "weights": "model.safetensors" if trained else None,
                                          "config_hash": config.hash()})
 
 
@@ -172,7 +182,7 @@ def reconstruction_metrics(ae: torch.nn.Module, config: Config, prep_dir: Path,
     from monai.metrics import PSNRMetric, SSIMMetric
 
     ae.eval()
-    device = next(ae.parameters()).device
+    device = next(ae.parameters(), next(ae.buffers(), torch.zeros(()))).device
     factor = downsampling_factor(config.autoencoder)
     psnr = PSNRMetric(max_val=2.0)
     shape = config.data.shape
@@ -183,8 +193,11 @@ def reconstruction_metrics(ae: torch.nn.Module, config: Config, prep_dir: Path,
         x = volumes[k]["image"][None].to(device)
         recon = decode_latent(ae, encode_volume(ae, x, factor), tuple(x.shape[-3:])).float().clamp(-1, 1)
         p, s = float(psnr(recon, x).mean()), float(ssim(recon, x).mean())
-        per_study.append({"id": entry["id"], "psnr_db": p, "ssim": s})
+        per_study.append({"id": entry["id"], "psnr_db": p if math.isfinite(p) else None, "ssim": s,
+                          "max_abs_error": float((recon - x.float()).abs().max())})
     ae.train()
-    return {"psnr_db": float(np.mean([r["psnr_db"] for r in per_study])) if per_study else None,
+    finite = [r["psnr_db"] for r in per_study if r["psnr_db"] is not None]
+    return {"psnr_db": float(np.mean(finite)) if finite else None,
+            "max_abs_error": max((r["max_abs_error"] for r in per_study), default=None),
             "ssim": float(np.mean([r["ssim"] for r in per_study])) if per_study else None,
             "n_studies": len(per_study), "per_study": per_study}

@@ -1,9 +1,11 @@
 """Stage 2 loop: the class-conditional latent diffusion UNet on the frozen autoencoder's latents.
 
-First the training studies are encoded once (latent means, whole volumes; rank 0) into
-``RUN/diffusion/latents.safetensors`` with the latent scale factor ``1 / std``. Each step draws latents in
-the deterministic order of :mod:`ctsynth.train.common`, scales and pads them, and takes one denoising loss
-(DDPM/v-prediction for DDIM sampling, or rectified flow); the EMA copy of the UNet is what sampling uses.
+First the training studies are encoded once (Haar coefficients or latent means, whole volumes; rank 0) into
+``RUN/diffusion/latents.safetensors`` with their per-channel mean (``shift``) and ``1 / std`` (``scale``):
+the UNet sees every channel standardised, so the Haar detail bands are as loud as the low-pass band. Each
+step draws latents in the deterministic order of :mod:`ctsynth.train.common`, standardises and pads them,
+and takes one denoising loss (DDPM/v-prediction for DDIM sampling, or rectified flow) with per-sample noise
+(:func:`ctsynth.models.diffusion.training_draws`); the EMA copy of the UNet is what sampling uses.
 Outputs in ``RUN/diffusion/``: checkpoints, ``log.jsonl``, ``model.safetensors`` (``unet`` and ``ema``),
 and, last, ``done.json`` (latent scale and shape, labels).
 """
@@ -19,11 +21,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..checkpoint import load_weights, save_weights
-from ..config import Config
+from ..config import Config, DiffusionConfig, TrainConfig
 from ..errors import CTSynthError
 from ..io.atomic import atomic_file
-from ..models.autoencoder import build_autoencoder, downsampling_factor, encode_volume
-from ..models.diffusion import build_scheduler, build_unet, pad_latents, training_loss, update_ema
+from ..models.autoencoder import build_autoencoder, downsampling_factor, encode_volume, is_trained, latent_channels
+from ..models.diffusion import (build_scheduler, build_unet, pad_latents, standardise, training_draws, training_loss,
+                                update_ema)
 from ..data import CacheVolumes
 from .common import (JsonlLog, StopFlag, label_indices, now, progress_bar, sample_ids, skip_reason, study_for_sample,
                      write_json)
@@ -38,6 +41,8 @@ def load_frozen_autoencoder(run_dir: Path, config: Config, device: torch.device 
         raise CTSynthError("the autoencoder stage has not finished", run_dir / "autoencoder",
                            "run `ctsynth train` (with --resume) until stage 1 is done")
     ae = build_autoencoder(config.autoencoder)
+    if not is_trained(config.autoencoder):
+        return ae.to(device).eval()
     try:
         ae.load_state_dict(load_weights(run_dir / "autoencoder" / "model.safetensors")["autoencoder"])
     except (KeyError, RuntimeError) as exc:
@@ -47,7 +52,8 @@ def load_frozen_autoencoder(run_dir: Path, config: Config, device: torch.device 
 
 
 def encode_training_set(fabric, config: Config, prep_dir: Path, run_dir: Path, entries: list[dict]) -> dict:
-    """Latent means of the training studies + labels + scale (1/std), cached in ``latents.safetensors``."""
+    """Latents of the training studies + labels + per-channel ``shift`` (mean) and ``scale`` (1 / std), cached
+    in ``latents.safetensors``."""
     path = run_dir / STAGE / "latents.safetensors"
     if fabric.global_rank == 0 and not path.is_file():
         ae = load_frozen_autoencoder(run_dir, config, fabric.device)
@@ -58,17 +64,41 @@ def encode_training_set(fabric, config: Config, prep_dir: Path, run_dir: Path, e
             with fabric.autocast():
                 mus.append(encode_volume(ae, volumes[k]["image"][None].to(fabric.device), factor).float().cpu())
         latents = torch.cat(mus)
-        std = float(latents.std())
-        scale = torch.tensor(1.0 / std if std > 0 else 1.0)
+        shift = latents.double().mean(dim=(0, 2, 3, 4))
+        std = latents.double().std(dim=(0, 2, 3, 4))
+        scale = torch.where(std > 0, 1.0 / std, torch.ones_like(std))
         labels = torch.tensor(label_indices(entries, config.data.labels, prep_dir), dtype=torch.int64)
         with atomic_file(path) as tmp:
-            save_file({"latents": latents.contiguous(), "labels": labels, "scale": scale}, str(tmp))
+            save_file({"latents": latents.contiguous(), "labels": labels, "shift": shift.float(),
+                       "scale": scale.float()}, str(tmp))
     fabric.barrier()
     data = load_file(str(path))
-    if data["latents"].shape[0] != len(entries):
+    if data["latents"].shape[0] != len(entries) or "shift" not in data:
         raise CTSynthError("latents.safetensors does not match the cache's training studies", path,
                            "delete it and resume: it is recomputed")
     return data
+
+
+def accumulate_gradients(fabric, unet, scheduler, latents: torch.Tensor, labels: torch.Tensor, step: int,
+                         cfg: DiffusionConfig, tcfg: TrainConfig, null_label: int,
+                         fault: Callable[[int], bool] | None = None) -> float:
+    """Forward and backward of one optimizer step's ``grad_accum`` micro-batches (standardised, unpadded
+    ``latents`` of the whole training set); returns the step's mean loss. DDP synchronises on the last only."""
+    total = 0.0
+    n = latents.shape[0]
+    for micro in range(tcfg.grad_accum):
+        ids = sample_ids(step, micro, tcfg.grad_accum, fabric.global_rank, fabric.world_size, cfg.batch_size)
+        idx = torch.tensor([study_for_sample(k, n, tcfg.seed) for k in ids])
+        z0 = pad_latents(latents[idx], cfg)
+        noise, t, drop = training_draws(ids, tcfg.seed, tuple(z0.shape[1:]), scheduler, cfg.label_dropout)
+        with fabric.no_backward_sync(unet, enabled=micro < tcfg.grad_accum - 1):
+            loss = training_loss(unet, scheduler, z0.to(fabric.device), labels[idx].to(fabric.device), null_label,
+                                 noise.to(fabric.device), t.to(fabric.device), drop.to(fabric.device))
+            if fault is not None and fault(step):
+                loss = loss * float("nan")
+            fabric.backward(loss / tcfg.grad_accum)
+        total += float(loss.detach()) / tcfg.grad_accum
+    return total
 
 
 def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entries: dict[str, list],
@@ -82,11 +112,12 @@ def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entri
     check_fresh_or_resume(stage_dir, resume)
     stage_dir.mkdir(parents=True, exist_ok=True)
     data = encode_training_set(fabric, config, prep_dir, run_dir, entries["train"])
-    latents, labels, scale = data["latents"], data["labels"], float(data["scale"])
+    shift, scale = data["shift"], data["scale"]
+    latents, labels = standardise(data["latents"], shift, scale), data["labels"]
     null_label = len(config.data.labels)
     fabric.seed_everything(tcfg.seed + fabric.global_rank, verbose=False)
 
-    unet = build_unet(cfg, config.autoencoder.latent_channels, len(config.data.labels))
+    unet = build_unet(cfg, latent_channels(config.autoencoder), len(config.data.labels))
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=tcfg.weight_decay)
     unet, opt = fabric.setup(unet, opt)
@@ -101,24 +132,12 @@ def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entri
         warn(fabric, f"resuming {STAGE} from step {step} ({state['path']})")
     set_lr(optimizers, cfg.lr, lr_scale)
 
-    n = latents.shape[0]
     log = JsonlLog(stage_dir / "log.jsonl", fabric.global_rank == 0)
     bar = progress_bar(fabric.global_rank == 0, cfg.steps, step, STAGE)
     bad_in_a_row, status, t0 = 0, "done", now()
     with StopFlag() as stop:
         while step < cfg.steps:
-            total = 0.0
-            for micro in range(tcfg.grad_accum):
-                ids = sample_ids(step, micro, tcfg.grad_accum, fabric.global_rank, fabric.world_size, cfg.batch_size)
-                idx = torch.tensor([study_for_sample(k, n, tcfg.seed) for k in ids])
-                z0 = pad_latents(latents[idx] * scale, cfg).to(fabric.device)
-                with fabric.no_backward_sync(unet, enabled=micro < tcfg.grad_accum - 1):
-                    loss = training_loss(unet, scheduler, z0, labels[idx].to(fabric.device), null_label,
-                                         cfg.label_dropout)
-                    if fault is not None and fault(step):
-                        loss = loss * float("nan")
-                    fabric.backward(loss / tcfg.grad_accum)
-                total += float(loss.detach()) / tcfg.grad_accum
+            total = accumulate_gradients(fabric, unet, scheduler, latents, labels, step, cfg, tcfg, null_label, fault)
 
             skipped = skip_reason(fabric, math.isfinite(total), [(unet, opt, tcfg.max_grad_norm)])
             if skipped:
@@ -146,7 +165,7 @@ def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entri
                 stop.requested or (stop_after is not None and step >= stop_after), all=False)
             if step % tcfg.checkpoint_every == 0 or step == cfg.steps or stopping:
                 save_stage(fabric, stage_dir, step, modules, optimizers, config,
-                           {"stage": STAGE, "lr_scale": lr_scale, "latent_scale": scale})
+                           {"stage": STAGE, "lr_scale": lr_scale})
             if stopping and step < cfg.steps:
                 status = "stopped"
                 break
@@ -156,7 +175,7 @@ def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entri
         save_weights(stage_dir / "model.safetensors", {"unet": unet.module.state_dict(), "ema": ema.state_dict()})
         write_json(stage_dir / "done.json", {
             "stage": STAGE, "step": step, "weights": "model.safetensors", "config_hash": config.hash(),
-            "latent_scale": scale, "latent_shape": list(latents.shape[1:]), "labels": list(config.data.labels),
+            "latent_shift": shift.tolist(), "latent_scale": scale.tolist(), "latent_shape": list(latents.shape[1:]), "labels": list(config.data.labels),
             "null_label": null_label, "scheduler": cfg.scheduler})
     fabric.barrier()
     return status
