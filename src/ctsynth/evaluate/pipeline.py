@@ -184,6 +184,23 @@ def evaluate_items(real_items: list[StudyItem], synth_items: dict[str, list[Stud
     summaries = summarise_items(real_items, grid, external, progress)
     for items in synth_items.values():
         summaries += summarise_items(items, grid, external, progress)
+    return evaluate_summaries(summaries, names, out, grid=grid, options=options, notes=notes, sources=sources,
+                              external=external, overwrite=overwrite, progress=progress, started=t0)
+
+
+def evaluate_summaries(summaries: list[VolumeSummary], names: list[str], out: str | Path | None, *,
+                       grid: tuple[int, int, int], options: EvaluateOptions | None = None,
+                       notes: list[str] | None = None, sources: dict[str, str] | None = None, external=None,
+                       overwrite: bool = False, progress: Callable[[str], None] = _stderr,
+                       started: float | None = None) -> Report:
+    """Every metric from volume summaries (real ones in groups "train" and "held_out", synthetic ones in
+    the groups ``names``): the part of the evaluation after each volume was read once. The quality benchmark
+    summarises the real studies once and scores several synthetic sets against them."""
+    options = options or EvaluateOptions()
+    notes = list(notes or [])
+    sources = sources or {}
+    t0 = time.perf_counter() if started is None else started
+    grid = tuple(grid)
     coarse = coarse_pixel_note([max(s.spacing_mm[1:]) for s in summaries])
     if coarse:
         notes.append(coarse)

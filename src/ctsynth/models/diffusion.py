@@ -14,6 +14,7 @@ Latents are padded (with zeros) to the UNet's divisibility inside training and s
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, RFlowScheduler
@@ -64,7 +65,8 @@ def training_draws(sample_ids: list[int], seed: int, shape: tuple[int, ...], sch
     noises, ts, drops = [], [], []
     T = scheduler.num_train_timesteps
     for g in sample_ids:
-        gen = torch.Generator().manual_seed((int(seed) << 32) + int(g))
+        # torch's CPU generator keeps 32 bits of its seed: mix (seed, g) into them rather than shift seed out
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), int(g)]).generate_state(1)[0]))
         if isinstance(scheduler, RFlowScheduler):
             u = (torch.sigmoid(torch.randn((), generator=gen)) if scheduler.sample_method == "logit-normal"
                  else torch.rand((), generator=gen))
