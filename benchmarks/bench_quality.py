@@ -8,9 +8,9 @@
 Steps, each reused when run again with the same arguments (``--work``, default ./bench-quality):
 1. a phantom cohort of ``--n`` cases (half COVID-19), prepared as lung crops of ``--size`` with ``--config``
    (default ``quality``: 32 x 96 x 144, a fifth of the patients held out);
-2. training within ``--budget-min`` minutes of wall clock: a short calibration run measures the diffusion
-   stage's steps per second on this machine, and the stage is given as many steps as fit in the budget
-   (the plan is saved in ``WORK/plan.json``, so a rerun resumes the same run);
+2. training for ``--budget-min`` minutes of wall clock (``train.time_budget_min``: the diffusion stage ends
+   at the first step past the budget, counted over resumes, so an interrupted run continues when the same
+   command is run again), with a checkpoint every ``budget / --curve`` minutes;
 3. ``--samples`` volumes per class, then ``ctsynth.evaluate.evaluate`` (what ``ctsynth evaluate`` runs)
    against the cache, whose held-out patients are the real-vs-real baseline; the verdict table is printed;
 4. a learning curve: the EMA weights of ``--curve`` checkpoints spread over the budget each sample
@@ -18,8 +18,7 @@ Steps, each reused when run again with the same arguments (``--work``, default .
    feature spaces and class consistency);
 5. ``WORK/quality.json`` (every number), ``WORK/curve.png`` and ``WORK/montage.png`` (matplotlib).
 
-The wall-clock budget counts training only (calibration, sampling and evaluation are timed and printed
-apart). The numbers of a run go to docs/quality.md by hand, with the machine and its load.
+The wall-clock budget counts training only (sampling and evaluation are timed and printed apart). The numbers of a run go to docs/quality.md by hand, with the machine and its load.
 """
 
 from __future__ import annotations
@@ -71,38 +70,6 @@ def make_config(args: argparse.Namespace):
         config.diffusion.norm_num_groups = config.diffusion.num_head_channels = 8
         config.diffusion.sample_steps = 4
     return config
-
-
-def calibrate(prep: Path, config, work: Path, launch, warmup: int, steps: int) -> float:
-    """Diffusion steps per second of this config on this machine: a throwaway run of ``warmup + steps``."""
-    from ctsynth.train import train
-
-    probe = dataclasses.replace(config, diffusion=dataclasses.replace(config.diffusion, steps=warmup + steps),
-                                train=dataclasses.replace(config.train, log_every=1, checkpoint_every=10**9))
-    run = work / "calibrate"
-    shutil.rmtree(run, ignore_errors=True)
-    train(prep, probe, run, launch)
-    rows = [json.loads(line) for line in (run / "diffusion" / "log.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "skipped" not in r and r["step"] >= warmup]
-    shutil.rmtree(run, ignore_errors=True)
-    return (rows[-1]["step"] - rows[0]["step"]) / max(rows[-1]["time_s"] - rows[0]["time_s"], 1e-9)
-
-
-def plan_training(args, prep: Path, config, work: Path, launch) -> dict:
-    """Steps and checkpoints for the budget, measured once and kept in ``plan.json`` (a rerun resumes)."""
-    path = work / "plan.json"
-    key = {"config": config.to_dict(), "budget_min": args.budget_min, "device": args.device}
-    if path.is_file():
-        plan = json.loads(path.read_text())
-        if plan.get("key") == json.loads(json.dumps(key)):
-            return plan
-    t = time.perf_counter()
-    rate = calibrate(prep, config, work, launch, warmup=2, steps=3 if args.smoke else 8)
-    steps = max(args.curve, int(rate * args.budget_min * 60))
-    plan = {"key": key, "steps_per_s": rate, "steps": steps, "checkpoint_every": math.ceil(steps / args.curve),
-            "calibration_s": round(time.perf_counter() - t, 1), "load_average_at_plan": load_average()}
-    path.write_text(json.dumps(plan, indent=2))
-    return plan
 
 
 def checkpoint_generator(run: Path, ckpt: Path):
@@ -239,12 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     prepare_cache(cohort, config, prep, progress=False)
     times["cohort_and_prepare_s"] = time.perf_counter() - t
 
-    plan = plan_training(args, prep, config, work, launch)
-    config.diffusion.steps = plan["steps"]
-    config.train.checkpoint_every = plan["checkpoint_every"]
-    config.train.keep_last = args.curve + 1
-    log(f"plan: {plan['steps_per_s']:.3f} steps/s measured -> {plan['steps']} steps, a checkpoint every "
-        f"{plan['checkpoint_every']}")
+    config.diffusion.steps = 10**9  # the time budget ends the stage
+    config.train.time_budget_min = args.budget_min
+    config.train.checkpoint_every_min = args.budget_min / args.curve
+    config.train.checkpoint_every = 10**9
+    config.train.keep_last = args.curve + 2
     run = work / f"run-{config.hash()}"
     t = time.perf_counter()
     if train(prep, config, run, launch, resume=run.exists()) != "done":
@@ -272,12 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     options = EvaluateOptions(**{"bootstrap": 100, **small})
     grid = tuple(report.metrics["inputs"]["grid"])
     ckpts = sorted((run / "diffusion").glob("ckpt-*"))
-    log_rows = [json.loads(line) for line in (run / "diffusion" / "log.jsonl").read_text().splitlines()]
-    logged = sorted((r["step"], r["time_s"] / 60) for r in log_rows if "time_s" in r)
+    final_step = json.loads((run / "diffusion" / "done.json").read_text())["step"]
     curve = []
     for ckpt in ckpts:
         step = int(ckpt.name.split("-")[1])
-        if step == plan["steps"]:
+        if step == final_step:
             subset = ([s for s in final_synth if s.label == "covid"][:args.curve_samples]
                       + [s for s in final_synth if s.label == "normal"][:args.curve_samples])
             synth = [dataclasses.replace(s, group="synthetic") for s in subset]
@@ -287,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             items = synthetic_items(checkpoint_generator(run, ckpt), args.curve_samples, "synthetic", batch=10)
             synth = summarise_items(items, grid, None, progress=lambda m: None)
         point = curve_point(real + synth, grid, options)
-        point.update(step=step, train_minutes=round(max((m for k, m in logged if k <= step), default=0.0), 2))
+        seconds = json.loads((ckpt / "state.json").read_text()).get("train_seconds", float("nan"))
+        point.update(step=step, train_minutes=round(seconds / 60, 2))
         curve.append(point)
         log(f"curve: step {step}: " + ", ".join(f"{k} {v:.3g}" for k, v in point.items()
                                                  if isinstance(v, float) and not k.startswith("baseline")))
@@ -297,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ae_metrics = json.loads((run / "autoencoder" / "metrics.json").read_text())
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "device": device,
-              "torch_threads": torch.get_num_threads(), "plan": plan,
+              "torch_threads": torch.get_num_threads(), "steps": final_step,
               "seconds": {k: round(v, 1) for k, v in times.items()}, "wall_s": round(time.perf_counter() - started),
               "load_average_end": load_average(), "stage1": {k: ae_metrics.get(k) for k in ("psnr_db", "ssim",
                                                                                           "max_abs_error")},
@@ -306,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                   "lesion_fraction_by_class"]}
     (work / "quality.json").write_text(json.dumps(result, indent=2, default=str))
     print(f"quality benchmark: {args.n} phantoms, crops {shape_tag}, {device}, budget {args.budget_min:g} min: "
-          f"{plan['steps']} steps at {plan['steps_per_s']:.3f} steps/s, trained in {times['train_s'] / 60:.1f} min")
+          f"{final_step} steps ({final_step / max(curve[-1]['train_minutes'] * 60, 1e-9):.3f} steps/s), this call "
+          f"trained for {times['train_s'] / 60:.1f} min")
     print("\n".join(table))
     print("learning curve (step, training minutes, FD radiomics, FD encoder, class consistency):")
     for p in curve:

@@ -6,20 +6,29 @@ import pytest
 
 from ctsynth.config import load_config, preset_names
 from ctsynth.errors import CTSynthError
-from ctsynth.models.autoencoder import build_autoencoder, latent_shape
+from ctsynth.models.autoencoder import build_autoencoder, downsampling_factor, latent_channels, latent_shape
 from ctsynth.models.diffusion import build_unet, unet_multiple
 from ctsynth.train.common import StepSampler, sample_ids, study_for_sample
 
 
-@pytest.mark.parametrize("name", ["tiny", "demo", "low", "lung", "full"])
+@pytest.mark.parametrize("name", ["tiny", "demo", "quality", "low", "lung", "full"])
 def test_presets_load_and_build(name):
     assert name in preset_names()
     config = load_config(name)
-    assert config.name == name and len(config.autoencoder.channels) == 3  # 4x downsampling
-    assert all(p <= n for p, n in zip(config.autoencoder.patch, config.data.shape))
-    if name in ("tiny", "demo"):  # the big ones are built in the benchmark, not in a test
+    assert config.name == name and downsampling_factor(config.autoencoder) == 4
+    assert config.autoencoder.kind == ("kl" if name == "tiny" else "haar")  # tiny exercises the trained stage 1
+    if config.autoencoder.kind == "kl":
+        assert all(p <= n for p, n in zip(config.autoencoder.patch, config.data.shape))
+    if name in ("tiny", "demo", "quality"):  # the big ones are built in the benchmark, not in a test
         build_autoencoder(config.autoencoder)
-        build_unet(config.diffusion, config.autoencoder.latent_channels, len(config.data.labels))
+        build_unet(config.diffusion, latent_channels(config.autoencoder), len(config.data.labels))
+
+
+def test_an_unknown_stage_1_kind_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("autoencoder:\n  kind: vqvae\n")
+    with pytest.raises(CTSynthError, match="autoencoder.kind 'vqvae'"):
+        build_autoencoder(load_config(bad).autoencoder)
 
 
 def test_latent_shapes_of_the_gpu_presets():

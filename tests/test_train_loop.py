@@ -168,3 +168,51 @@ def test_gradient_accumulation_runs_both_stages(tmp_path, precision):
         assert not skipped or (precision == "bf16-mixed" and {r["skipped"] for r in skipped} == {"non-finite gradient"})
         updates = [r for r in records if "skipped" not in r]
         assert [r["step"] for r in updates] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in updates)
+
+
+def test_haar_stage_1_is_lossless_and_the_run_generates(tmp_path):
+    """With ``autoencoder.kind: haar`` stage 1 trains nothing (no weights), its round trip on held-out studies
+    is exact to float rounding, and stage 2 + generation work on the 64 standardised Haar channels."""
+    import dataclasses
+
+    from ctsynth.generate import Generator
+
+    tiny = load_config("tiny")
+    config = dataclasses.replace(tiny, autoencoder=dataclasses.replace(tiny.autoencoder, kind="haar", haar_levels=2))
+    prep = make_tiny_cache(tmp_path / "prep", config)
+    assert train(prep, config, tmp_path / "run", CPU) == "done"
+    stage1 = tmp_path / "run" / "autoencoder"
+    assert json.loads((stage1 / "done.json").read_text())["weights"] is None
+    assert not (stage1 / "model.safetensors").exists()
+    metrics = json.loads((stage1 / "metrics.json").read_text())
+    assert metrics["split"] == "held_out" and metrics["max_abs_error"] < 1e-5
+    done = json.loads((tmp_path / "run" / "diffusion" / "done.json").read_text())
+    assert done["latent_shape"] == [64, 4, 8, 12] and len(done["latent_scale"]) == 64
+    latents = load_file(str(tmp_path / "run" / "diffusion" / "latents.safetensors"))
+    z = (latents["latents"] - latents["shift"].view(1, -1, 1, 1, 1)) * latents["scale"].view(1, -1, 1, 1, 1)
+    assert torch.allclose(z.mean(dim=(0, 2, 3, 4)), torch.zeros(64), atol=1e-4)  # standardised per channel
+    assert torch.allclose(z.std(dim=(0, 2, 3, 4)), torch.ones(64), atol=1e-3)
+    volume = Generator.load(tmp_path / "run").sample(1, "covid", seed=0)[0]
+    assert volume.shape == (16, 32, 48) and np.isfinite(volume.hu).all()
+
+
+def test_a_time_budget_ends_the_diffusion_stage_as_finished_and_resumes_its_clock(tmp_path):
+    """``train.time_budget_min`` ends stage 2 at the first step past the budget with its final weights and
+    done.json (a finished run, fewer steps than configured); ``checkpoint_every_min`` adds timed checkpoints;
+    the spent time is saved in every checkpoint, so a resumed run only has the rest of the budget."""
+    import dataclasses
+
+    tiny = load_config("tiny")
+    config = dataclasses.replace(
+        tiny, autoencoder=dataclasses.replace(tiny.autoencoder, kind="haar"),
+        diffusion=dataclasses.replace(tiny.diffusion, steps=10**6),
+        train=dataclasses.replace(tiny.train, time_budget_min=0.05, checkpoint_every_min=0.02, checkpoint_every=10**6,
+                                  keep_last=10))
+    prep = make_tiny_cache(tmp_path / "prep", config)
+    assert train(prep, config, tmp_path / "run", CPU) == "done"
+    done = json.loads((tmp_path / "run" / "diffusion" / "done.json").read_text())
+    assert 1 <= done["step"] < 10**6 and 3.0 <= done["train_seconds"] < 60
+    ckpts = sorted((tmp_path / "run" / "diffusion").glob("ckpt-*"))
+    seconds = [json.loads((c / "state.json").read_text())["train_seconds"] for c in ckpts]
+    assert len(ckpts) >= 3 and seconds == sorted(seconds) and seconds[-1] >= 3.0  # two timed, then the last
+    assert int(ckpts[-1].name.split("-")[1]) == done["step"]

@@ -125,16 +125,20 @@ def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entri
     scheduler = build_scheduler(cfg)
     modules, optimizers = {"unet": unet, "ema": ema}, {"opt": opt}
 
-    step, lr_scale = 0, 1.0
+    step, lr_scale, seconds_before = 0, 1.0, 0.0
     state = load_stage(fabric, stage_dir, modules, optimizers, restore_rng=True) if resume else None
     if state is not None:
         step, lr_scale = state["step"], state.get("lr_scale", 1.0)
+        seconds_before = float(state.get("train_seconds", 0.0))
         warn(fabric, f"resuming {STAGE} from step {step} ({state['path']})")
     set_lr(optimizers, cfg.lr, lr_scale)
+    budget_s, every_s = tcfg.time_budget_min * 60.0, tcfg.checkpoint_every_min * 60.0
+    next_timed = (math.floor(seconds_before / every_s) + 1) * every_s if every_s > 0 else math.inf
 
     log = JsonlLog(stage_dir / "log.jsonl", fabric.global_rank == 0)
     bar = progress_bar(fabric.global_rank == 0, cfg.steps, step, STAGE)
     bad_in_a_row, status, t0 = 0, "done", now()
+    train_s = lambda: seconds_before + now() - t0  # noqa: E731  training time over every resume
     with StopFlag() as stop:
         while step < cfg.steps:
             total = accumulate_gradients(fabric, unet, scheduler, latents, labels, step, cfg, tcfg, null_label, fault)
@@ -160,12 +164,21 @@ def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entri
             bar.update(1)
             bar.set_postfix(loss=f"{total:.4f}")
             if step % tcfg.log_every == 0 or step == cfg.steps:
-                log.write({"step": step, "loss": total, "lr": cfg.lr * lr_scale, "time_s": round(now() - t0, 3)})
+                log.write({"step": step, "loss": total, "lr": cfg.lr * lr_scale, "time_s": round(train_s(), 3)})
             stopping = fabric.strategy.reduce_boolean_decision(
                 stop.requested or (stop_after is not None and step >= stop_after), all=False)
-            if step % tcfg.checkpoint_every == 0 or step == cfg.steps or stopping:
+            # time decisions from rank 0's clock, so that every rank stops and checkpoints at the same step
+            elapsed = fabric.broadcast(train_s(), src=0)
+            out_of_time = budget_s > 0 and elapsed >= budget_s
+            timed = elapsed >= next_timed
+            if timed:
+                next_timed = (math.floor(elapsed / every_s) + 1) * every_s
+            if step % tcfg.checkpoint_every == 0 or step == cfg.steps or stopping or out_of_time or timed:
                 save_stage(fabric, stage_dir, step, modules, optimizers, config,
-                           {"stage": STAGE, "lr_scale": lr_scale})
+                           {"stage": STAGE, "lr_scale": lr_scale, "train_seconds": elapsed})
+            if out_of_time:
+                warn(fabric, f"{STAGE}: the time budget of {tcfg.time_budget_min:g} min is spent at step {step}")
+                break
             if stopping and step < cfg.steps:
                 status = "stopped"
                 break
@@ -175,7 +188,8 @@ def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entri
         save_weights(stage_dir / "model.safetensors", {"unet": unet.module.state_dict(), "ema": ema.state_dict()})
         write_json(stage_dir / "done.json", {
             "stage": STAGE, "step": step, "weights": "model.safetensors", "config_hash": config.hash(),
-            "latent_shift": shift.tolist(), "latent_scale": scale.tolist(), "latent_shape": list(latents.shape[1:]), "labels": list(config.data.labels),
-            "null_label": null_label, "scheduler": cfg.scheduler})
+            "train_seconds": round(train_s(), 1), "latent_shift": shift.tolist(), "latent_scale": scale.tolist(),
+            "latent_shape": list(latents.shape[1:]), "labels": list(config.data.labels), "null_label": null_label,
+            "scheduler": cfg.scheduler})
     fabric.barrier()
     return status
