@@ -64,7 +64,8 @@ def child(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         train(args.prep, config, run, launch, resume=True)
         result["wall_s"] = time.perf_counter() - t0
-        result["steps_per_s"] = steps_per_s(run / args.child / "log.jsonl", args.warmup)
+        log = run / args.child / "log.jsonl"  # none for a stage with nothing to train (autoencoder.kind haar)
+        result["steps_per_s"] = steps_per_s(log, args.warmup) if log.is_file() else None
     else:
         import torch
 
@@ -131,11 +132,15 @@ def main() -> None:
 
     ae, dm, smp = results["autoencoder"], results["diffusion"], results["sample"]
     print(f"config {args.config}, {args.steps} steps per stage, memory = {ae['memory_kind']}")
-    print(f"stage 1 autoencoder: {ae['steps_per_s']:.2f} steps/s, peak {ae['peak_mb']:.0f} MB")
-    print(f"stage 2 diffusion:   {dm['steps_per_s']:.2f} steps/s, peak {dm['peak_mb']:.0f} MB")
+    def rate(r: dict) -> str:
+        return "nothing to train" if r["steps_per_s"] is None else f"{r['steps_per_s']:.2f} steps/s"
+
+    print(f"stage 1 autoencoder: {rate(ae)}, peak {ae['peak_mb']:.0f} MB")
+    print(f"stage 2 diffusion:   {rate(dm)}, peak {dm['peak_mb']:.0f} MB")
     print(f"sampling:            {smp['s_per_volume']:.2f} s/volume at {smp['sample_steps']} steps, "
           f"peak {smp['peak_mb']:.0f} MB")
-    print(f"ratio diffusion/autoencoder steps/s: {dm['steps_per_s'] / ae['steps_per_s']:.2f}")
+    if ae["steps_per_s"] and dm["steps_per_s"]:
+        print(f"ratio diffusion/autoencoder steps/s: {dm['steps_per_s'] / ae['steps_per_s']:.2f}")
     print(json.dumps(results))
 
 

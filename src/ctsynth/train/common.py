@@ -168,7 +168,8 @@ class JsonlLog:
             self._fh.close()
 
 
-def progress_bar(enabled: bool, total: int, initial: int, desc: str):
+def progress_bar(enabled: bool, total: int | None, initial: int, desc: str):
+    """A tqdm bar on stderr (rank 0); ``total=None`` (a time budget ends the stage) shows steps and rate only."""
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, file=sys.stderr,
                 dynamic_ncols=True, mininterval=0.5, unit="step")

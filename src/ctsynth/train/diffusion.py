@@ -136,7 +136,7 @@ def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entri
     next_timed = (math.floor(seconds_before / every_s) + 1) * every_s if every_s > 0 else math.inf
 
     log = JsonlLog(stage_dir / "log.jsonl", fabric.global_rank == 0)
-    bar = progress_bar(fabric.global_rank == 0, cfg.steps, step, STAGE)
+    bar = progress_bar(fabric.global_rank == 0, None if budget_s > 0 else cfg.steps, step, STAGE)
     bad_in_a_row, status, t0 = 0, "done", now()
     train_s = lambda: seconds_before + now() - t0  # noqa: E731  training time over every resume
     with StopFlag() as stop:
