@@ -53,7 +53,7 @@ fi
 # bench_quality on the GPU: a small cohort (its default, 200 phantoms at 256 px, takes ~8 minutes to make alone)
 : "${QUALITY_N:=16}"             # --n: phantom cases (~2.5 s each at 256 px on one core)
 : "${QUALITY_SAMPLES:=8}"        # --samples: synthetic volumes per class
-: "${QUALITY_OVERHEAD_S:=150}"   # its time beyond --budget-min (cohort, calibration, sampling, evaluation, curve)
+: "${QUALITY_OVERHEAD_S:=150}"   # its time beyond --budget-min (cohort, prepare, sampling, evaluation, curve)
 : "${QUALITY_BUDGET_MIN:=}"      # set to fix --budget-min; else (time left - QUALITY_OVERHEAD_S) / 60, >= 0.5
 : "${QUALITY_EXTRA:=}"           # more bench_quality flags, e.g. "--config quality --size 32x96x144"
 : "${PRECISIONS:=32,bf16-mixed}" # sampling precisions
