@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path

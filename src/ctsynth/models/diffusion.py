@@ -51,8 +51,8 @@ def build_scheduler(cfg: DiffusionConfig) -> DDIMScheduler | RFlowScheduler:
     raise CTSynthError(f"unknown diffusion.scheduler '{cfg.scheduler}'", fix=f"use one of {list(SCHEDULERS)}")
 
 
-def training_draws(sample_ids: list[int], seed: int, shape: tuple[int, ...], scheduler, label_dropout: float
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def training_draws(sample_ids: list[int], seed: int, shape: tuple[int, ...], scheduler, label_dropout: float,
+                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each sample's noise, timestep and label dropout, from its own generator seeded by ``(seed, g)`` where
     ``g`` is its global sample number (``ctsynth.train.common.sample_ids``).
 
@@ -60,23 +60,28 @@ def training_draws(sample_ids: list[int], seed: int, shape: tuple[int, ...], sch
     with accumulation 1 and batch 1 with accumulation 2 compute the same gradient, and a resumed run draws
     what an uninterrupted one would. Timesteps follow the scheduler's training distribution (rectified flow:
     uniform or logit-normal on [0, T), as MONAI's ``RFlowScheduler.sample_timesteps``; DDPM: uniform integers).
-    Returns ``noise (b, *shape)``, ``t (b,)`` and ``drop (b,)`` (bool: train this sample unconditionally).
+    Returns ``noise (b, *shape)``, ``t (b,)`` and ``drop (b,)`` (bool: train this sample unconditionally),
+    drawn on ``device`` (the noise of a full-size latent is not made on the CPU and copied every step; a CUDA
+    generator gives other numbers than a CPU one for the same seed, deterministically).
     """
     noises, ts, drops = [], [], []
     T = scheduler.num_train_timesteps
     for g in sample_ids:
         # torch's CPU generator keeps 32 bits of its seed: mix (seed, g) into them rather than shift seed out
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), int(g)]).generate_state(1)[0]))
+        gen = torch.Generator(device=device).manual_seed(
+            int(np.random.SeedSequence([int(seed), int(g)]).generate_state(1)[0]))
         if isinstance(scheduler, RFlowScheduler):
-            u = (torch.sigmoid(torch.randn((), generator=gen)) if scheduler.sample_method == "logit-normal"
-                 else torch.rand((), generator=gen))
+            if scheduler.sample_method == "logit-normal":
+                u = torch.sigmoid(torch.randn((), generator=gen, device=device))
+            else:
+                u = torch.rand((), generator=gen, device=device)
             t = (u * T).long() if scheduler.use_discrete_timesteps else u * T
         else:
-            t = torch.randint(0, T, (), generator=gen)
+            t = torch.randint(0, T, (), generator=gen, device=device)
         ts.append(t)
-        drops.append(bool(torch.rand((), generator=gen) < label_dropout))
-        noises.append(torch.randn(shape, generator=gen))
-    return torch.stack(noises), torch.stack(ts), torch.tensor(drops)
+        drops.append(torch.rand((), generator=gen, device=device) < label_dropout)
+        noises.append(torch.randn(shape, generator=gen, device=device))
+    return torch.stack(noises), torch.stack(ts), torch.stack(drops)
 
 
 def training_loss(unet: torch.nn.Module, scheduler, z0: torch.Tensor, labels: torch.Tensor, null_label: int,

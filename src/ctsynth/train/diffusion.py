@@ -89,11 +89,11 @@ def accumulate_gradients(fabric, unet, scheduler, latents: torch.Tensor, labels:
     for micro in range(tcfg.grad_accum):
         ids = sample_ids(step, micro, tcfg.grad_accum, fabric.global_rank, fabric.world_size, cfg.batch_size)
         idx = torch.tensor([study_for_sample(k, n, tcfg.seed) for k in ids])
-        z0 = pad_latents(latents[idx], cfg)
-        noise, t, drop = training_draws(ids, tcfg.seed, tuple(z0.shape[1:]), scheduler, cfg.label_dropout)
+        z0 = pad_latents(latents[idx], cfg).to(fabric.device)
+        noise, t, drop = training_draws(ids, tcfg.seed, tuple(z0.shape[1:]), scheduler, cfg.label_dropout,
+                                        fabric.device)
         with fabric.no_backward_sync(unet, enabled=micro < tcfg.grad_accum - 1):
-            loss = training_loss(unet, scheduler, z0.to(fabric.device), labels[idx].to(fabric.device), null_label,
-                                 noise.to(fabric.device), t.to(fabric.device), drop.to(fabric.device))
+            loss = training_loss(unet, scheduler, z0, labels[idx].to(fabric.device), null_label, noise, t, drop)
             if fault is not None and fault(step):
                 loss = loss * float("nan")
             fabric.backward(loss / tcfg.grad_accum)
