@@ -82,6 +82,14 @@ class DiffusionConfig:
     rflow_timestep_sampling: str = "logit-normal"  # "uniform" or "logit-normal" (RFlowScheduler sample_method)
     ddim_eta: float = 0.0  # 0: deterministic DDIM; > 0 adds per-sample-seeded noise at each step
     use_flash_attention: bool = False  # torch scaled_dot_product_attention in the UNet's attention blocks
+    # The wavelet cascade (ctsynth.models.cascade; needs autoencoder.kind haar): the network above generates
+    # the Haar low-pass band only, and one detail UNet per level adds that level's seven detail bands.
+    cascade: bool = False
+    detail_channels: tuple[int, ...] = (16, 32, 64)  # detail UNets: fully convolutional, no attention
+    detail_patch: tuple[int, int, int] = (0, 0, 0)  # their training patch on their level's grid (0: whole axis)
+    detail_every: int = 1  # detail UNets train on every n-th sample only (they cost more than the base)
+    detail_cond_noise: float = 0.1  # Gaussian jitter of their (standardised) condition in training
+    detail_objective: str = "regression"  # "regression": one pass, the bands' conditional mean; "flow": sampled
 
 
 @dataclass

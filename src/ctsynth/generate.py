@@ -21,7 +21,8 @@ from .checkpoint import load_weights
 from .config import Config, config_from_dict
 from .errors import CTSynthError
 from .models.autoencoder import decode_latent
-from .models.diffusion import build_scheduler, build_unet, sample_latents, unet_multiple, unstandardise
+from .models import build_diffusion_model
+from .models.diffusion import build_scheduler, sample_latents, unet_multiple, unstandardise
 from .preprocess.window import denormalise
 from .volume import CTVolume
 
@@ -59,6 +60,7 @@ class Generator:
                  unet: torch.nn.Module, diffusion_done: dict[str, Any], device: torch.device) -> None:
         self.run_dir, self.info, self.config = run_dir, info, config
         self.autoencoder, self.unet, self.device = autoencoder, unet, device
+        self.cascade = bool(diffusion_done.get("cascade", False))
         self.latent_shift = torch.tensor(diffusion_done["latent_shift"], dtype=torch.float32)
         self.latent_scale = torch.tensor(diffusion_done["latent_scale"], dtype=torch.float32)
         self.latent_shape = tuple(int(n) for n in diffusion_done["latent_shape"])  # (c, z, y, x)
@@ -71,7 +73,6 @@ class Generator:
     @classmethod
     def load(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> "Generator":
         """Load a finished run (safetensors + JSON, nothing unpickled); a missing or damaged file is a CTSynthError."""
-        from .models.autoencoder import latent_channels
         from .train.diffusion import load_frozen_autoencoder
 
         run_dir = Path(run_dir)
@@ -86,7 +87,7 @@ class Generator:
         done = _read_json(run_dir / "diffusion" / "done.json", "the diffusion stage's done.json")
         device = torch.device(device)
         autoencoder = load_frozen_autoencoder(run_dir, config, device)
-        unet = build_unet(config.diffusion, latent_channels(config.autoencoder), len(config.data.labels))
+        unet = build_diffusion_model(config)
         weights_path = run_dir / "diffusion" / "model.safetensors"
         try:
             unet.load_state_dict(load_weights(weights_path)["ema"])
@@ -133,14 +134,18 @@ class Generator:
         out = []
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
-            noise = torch.cat([self.initial_noise(i, seed) for i in chunk]).to(self.device)
-            gens = [torch.Generator(device=self.device).manual_seed(seed + i + 1_000_003) for i in chunk]
             labels = torch.full((len(chunk),), cls_index, dtype=torch.long, device=self.device)
             with (autocast() if autocast is not None else torch.autocast("cpu", enabled=False)):
-                z = sample_latents(self.unet, scheduler, noise, labels, self.null_label, guidance, steps,
-                                   self.latent_shape[1:], eta=eta, generators=gens)
-                z = unstandardise(z.float(), self.latent_shift, self.latent_scale)
-                images = decode_latent(self.autoencoder, z, self.image_shape)
+                if self.cascade:  # every noise of sample i from its own generator, seeded seed + i
+                    gens = [torch.Generator(device="cpu").manual_seed(seed + i) for i in chunk]
+                    images = self.unet.sample(scheduler, gens, labels, guidance, steps, self.image_shape)
+                else:
+                    noise = torch.cat([self.initial_noise(i, seed) for i in chunk]).to(self.device)
+                    gens = [torch.Generator(device=self.device).manual_seed(seed + i + 1_000_003) for i in chunk]
+                    z = sample_latents(self.unet, scheduler, noise, labels, self.null_label, guidance, steps,
+                                       self.latent_shape[1:], eta=eta, generators=gens)
+                    z = unstandardise(z.float(), self.latent_shift, self.latent_scale)
+                    images = decode_latent(self.autoencoder, z, self.image_shape)
             for i, image in zip(chunk, images.float().cpu().numpy()):
                 hu = denormalise(image[0], self.hu_window)
                 spec = SampleSpec(index=i, seed=seed + i, label=label, guidance=guidance, steps=steps,

@@ -13,3 +13,16 @@ def check_levels(section: str, channels: tuple[int, ...], attention_levels: tupl
                            f"{section}.norm_num_groups ({norm_num_groups})", fix="change one of them")
     if len(attention_levels) != len(channels):
         raise CTSynthError(f"{section}.attention_levels must have one entry per {section}.channels entry")
+
+
+def build_diffusion_model(config):
+    """Stage 2's trainable module for a :class:`ctsynth.config.Config`: the wavelet cascade
+    (``diffusion.cascade``) or one UNet on stage 1's latents. Training and generation both build it here."""
+    from .autoencoder import latent_channels
+    from .cascade import WaveletCascade
+    from .diffusion import build_unet
+
+    n_labels = len(config.data.labels)
+    if config.diffusion.cascade:
+        return WaveletCascade(config.diffusion, config.autoencoder.haar_levels, n_labels)
+    return build_unet(config.diffusion, latent_channels(config.autoencoder), n_labels)

@@ -52,7 +52,8 @@ def build_scheduler(cfg: DiffusionConfig) -> DDIMScheduler | RFlowScheduler:
 
 
 def training_draws(sample_ids: list[int], seed: int, shape: tuple[int, ...], scheduler, label_dropout: float,
-                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   device: torch.device | str = "cpu",
+                   stream: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each sample's noise, timestep and label dropout, from its own generator seeded by ``(seed, g)`` where
     ``g`` is its global sample number (``ctsynth.train.common.sample_ids``).
 
@@ -62,14 +63,15 @@ def training_draws(sample_ids: list[int], seed: int, shape: tuple[int, ...], sch
     uniform or logit-normal on [0, T), as MONAI's ``RFlowScheduler.sample_timesteps``; DDPM: uniform integers).
     Returns ``noise (b, *shape)``, ``t (b,)`` and ``drop (b,)`` (bool: train this sample unconditionally),
     drawn on ``device`` (the noise of a full-size latent is not made on the CPU and copied every step; a CUDA
-    generator gives other numbers than a CPU one for the same seed, deterministically).
+    generator gives other numbers than a CPU one for the same seed, deterministically). ``stream`` > 0 gives
+    another model of the same sample its own independent draws (``ctsynth.models.cascade``).
     """
     noises, ts, drops = [], [], []
     T = scheduler.num_train_timesteps
     for g in sample_ids:
         # torch's CPU generator keeps 32 bits of its seed: mix (seed, g) into them rather than shift seed out
         gen = torch.Generator(device=device).manual_seed(
-            int(np.random.SeedSequence([int(seed), int(g)]).generate_state(1)[0]))
+            int(np.random.SeedSequence([int(seed), int(g)] + ([int(stream)] if stream else [])).generate_state(1)[0]))
         if isinstance(scheduler, RFlowScheduler):
             if scheduler.sample_method == "logit-normal":
                 u = torch.sigmoid(torch.randn((), generator=gen, device=device))
@@ -88,6 +90,13 @@ def training_loss(unet: torch.nn.Module, scheduler, z0: torch.Tensor, labels: to
                   noise: torch.Tensor, t: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
     """One denoising loss on clean (standardised, padded) latents ``z0`` with the draws of :func:`training_draws`:
     rectified flow regresses the velocity ``z0 - noise``, DDPM the v-prediction."""
+    return training_loss_per_sample(unet, scheduler, z0, labels, null_label, noise, t, drop).mean()
+
+
+def training_loss_per_sample(unet: torch.nn.Module, scheduler, z0: torch.Tensor, labels: torch.Tensor,
+                             null_label: int, noise: torch.Tensor, t: torch.Tensor,
+                             drop: torch.Tensor) -> torch.Tensor:
+    """:func:`training_loss` of each sample, ``(b,)``."""
     labels = torch.where(drop, torch.full_like(labels, null_label), labels)
     if isinstance(scheduler, RFlowScheduler):
         target = z0 - noise
@@ -95,7 +104,7 @@ def training_loss(unet: torch.nn.Module, scheduler, z0: torch.Tensor, labels: to
         target = scheduler.get_velocity(z0, noise, t)
     noisy = scheduler.add_noise(original_samples=z0, noise=noise, timesteps=t)
     pred = unet(noisy, timesteps=t, class_labels=labels)
-    return torch.nn.functional.mse_loss(pred.float(), target.float())
+    return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
 def guided_prediction(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, null_label: int,

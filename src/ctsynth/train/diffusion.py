@@ -8,6 +8,10 @@ and takes one denoising loss (DDPM/v-prediction for DDIM sampling, or rectified 
 (:func:`ctsynth.models.diffusion.training_draws`); the EMA copy of the UNet is what sampling uses.
 Outputs in ``RUN/diffusion/``: checkpoints, ``log.jsonl``, ``model.safetensors`` (``unet`` and ``ema``),
 and, last, ``done.json`` (latent scale and shape, labels).
+
+With ``diffusion.cascade`` the stage trains a :class:`ctsynth.models.cascade.WaveletCascade` instead: the
+training volumes themselves are held in memory (padded to the Haar levels' multiple), the module computes
+their bands and its own loss, and its band statistics are buffers saved with its weights.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from ..checkpoint import load_weights, save_weights
 from ..config import Config, DiffusionConfig, TrainConfig
 from ..errors import CTSynthError
 from ..io.atomic import atomic_file
-from ..models.autoencoder import build_autoencoder, downsampling_factor, encode_volume, is_trained, latent_channels
-from ..models.diffusion import (build_scheduler, build_unet, pad_latents, standardise, training_draws, training_loss,
+from ..models.autoencoder import (build_autoencoder, downsampling_factor, encode_volume, is_trained,
+                                  pad_to_multiple)
+from ..models import build_diffusion_model
+from ..models.diffusion import (build_scheduler, pad_latents, standardise, training_draws, training_loss,
                                 update_ema)
 from ..data import CacheVolumes
 from .common import (JsonlLog, StopFlag, label_indices, now, progress_bar, sample_ids, skip_reason, study_for_sample,
@@ -79,6 +85,19 @@ def encode_training_set(fabric, config: Config, prep_dir: Path, run_dir: Path, e
     return data
 
 
+def training_images(config: Config, prep_dir: Path, entries: list[dict]) -> dict:
+    """The cascade's training data: the volumes ``(n, 1, z, y, x)`` in [-1, 1], padded (replicating the border)
+    to a multiple of ``2**haar_levels``, and their labels."""
+    if config.autoencoder.kind != "haar":
+        raise CTSynthError("diffusion.cascade needs autoencoder.kind: haar",
+                           fix="set autoencoder.kind: haar (and haar_levels) or diffusion.cascade: false")
+    volumes = CacheVolumes(prep_dir, entries=entries)
+    m = 2 ** config.autoencoder.haar_levels
+    images = torch.cat([pad_to_multiple(volumes[k]["image"][None], m)[0] for k in range(len(volumes))])
+    labels = torch.tensor(label_indices(entries, config.data.labels, prep_dir), dtype=torch.int64)
+    return {"latents": images.float(), "labels": labels}
+
+
 def accumulate_gradients(fabric, unet, scheduler, latents: torch.Tensor, labels: torch.Tensor, step: int,
                          cfg: DiffusionConfig, tcfg: TrainConfig, null_label: int,
                          fault: Callable[[int], bool] | None = None) -> float:
@@ -89,11 +108,14 @@ def accumulate_gradients(fabric, unet, scheduler, latents: torch.Tensor, labels:
     for micro in range(tcfg.grad_accum):
         ids = sample_ids(step, micro, tcfg.grad_accum, fabric.global_rank, fabric.world_size, cfg.batch_size)
         idx = torch.tensor([study_for_sample(k, n, tcfg.seed) for k in ids])
-        z0 = pad_latents(latents[idx], cfg).to(fabric.device)
-        noise, t, drop = training_draws(ids, tcfg.seed, tuple(z0.shape[1:]), scheduler, cfg.label_dropout,
-                                        fabric.device)
         with fabric.no_backward_sync(unet, enabled=micro < tcfg.grad_accum - 1):
-            loss = training_loss(unet, scheduler, z0, labels[idx].to(fabric.device), null_label, noise, t, drop)
+            if cfg.cascade:
+                loss = unet(latents[idx].to(fabric.device), labels[idx].to(fabric.device), ids, tcfg.seed, scheduler)
+            else:
+                z0 = pad_latents(latents[idx], cfg).to(fabric.device)
+                noise, t, drop = training_draws(ids, tcfg.seed, tuple(z0.shape[1:]), scheduler, cfg.label_dropout,
+                                                fabric.device)
+                loss = training_loss(unet, scheduler, z0, labels[idx].to(fabric.device), null_label, noise, t, drop)
             if fault is not None and fault(step):
                 loss = loss * float("nan")
             fabric.backward(loss / tcfg.grad_accum)
@@ -111,13 +133,20 @@ def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entri
         return "done"
     check_fresh_or_resume(stage_dir, resume)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    data = encode_training_set(fabric, config, prep_dir, run_dir, entries["train"])
-    shift, scale = data["shift"], data["scale"]
-    latents, labels = standardise(data["latents"], shift, scale), data["labels"]
     null_label = len(config.data.labels)
+    if cfg.cascade:
+        data = training_images(config, prep_dir, entries["train"])
+        latents, labels = data["latents"], data["labels"]
+        shift = scale = torch.zeros(0)
+    else:
+        data = encode_training_set(fabric, config, prep_dir, run_dir, entries["train"])
+        shift, scale = data["shift"], data["scale"]
+        latents, labels = standardise(data["latents"], shift, scale), data["labels"]
     fabric.seed_everything(tcfg.seed + fabric.global_rank, verbose=False)
 
-    unet = build_unet(cfg, latent_channels(config.autoencoder), len(config.data.labels))
+    unet = build_diffusion_model(config)
+    if cfg.cascade:
+        unet.set_statistics(latents)
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=tcfg.weight_decay)
     unet, opt = fabric.setup(unet, opt)
@@ -190,6 +219,6 @@ def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entri
             "stage": STAGE, "step": step, "weights": "model.safetensors", "config_hash": config.hash(),
             "train_seconds": round(train_s(), 1), "latent_shift": shift.tolist(), "latent_scale": scale.tolist(),
             "latent_shape": list(latents.shape[1:]), "labels": list(config.data.labels), "null_label": null_label,
-            "scheduler": cfg.scheduler})
+            "scheduler": cfg.scheduler, "cascade": cfg.cascade})
     fabric.barrier()
     return status

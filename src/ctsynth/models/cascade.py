@@ -1,0 +1,239 @@
+"""The wavelet cascade: a volume generated coarse to fine, one Haar level at a time (``diffusion.cascade``).
+
+A Mallat pyramid of ``L = autoencoder.haar_levels`` levels splits the volume ``x = LL_0`` into the low-pass
+band ``LL_L`` (``2**L`` times smaller per axis) and, per level ``l``, seven detail bands ``D_l`` on the grid of
+``LL_l``, with ``LL_{l-1} = merge(LL_l, D_l)`` exact (:class:`~ctsynth.models.wavelet.HaarTransform`, one
+level). Generation follows it down:
+
+1. the *base* UNet (the ``diffusion`` section's network, class-conditional with classifier-free guidance)
+   samples ``LL_L``: the layout, body and lungs, and the class, on a grid small enough to learn in minutes;
+2. per level, from coarse to fine, a *detail* UNet (``diffusion.detail_channels``, no attention) makes
+   ``D_l`` given ``LL_l`` (concatenated as an input channel) and the label, and the level is merged. With
+   ``detail_objective: regression`` (default) it predicts the bands' conditional mean in one pass (a learnt
+   super-resolution, one level at a time); with ``flow`` it samples them by rectified flow like the base.
+
+Why (docs/quality.md): diffusing all 64 channels of the 2-level Haar packet jointly on 2 CPU cores gave
+voxel noise and no class after 45 minutes; its errors in the detail bands show at full strength. Here each
+model has an easy task: the base one a tiny grid, the detail ones a nearly local one (edges and vessels
+given the band below), which is why they are fully convolutional and trained on random patches
+(``diffusion.detail_patch``): their training cost does not grow with the volume, so the finest level of a
+48 x 512 x 512 scan trains like that of a crop. It is cascaded diffusion (Ho et al. 2021) in wavelet space
+(WDM, Friedrich et al. 2024), and the seed report's "generate small, then super-resolve", learnt per level.
+
+Each band is standardised per channel with the training set's statistics (buffers of the module, saved
+with its weights). The condition of a detail model is jittered with Gaussian noise in training
+(``detail_cond_noise``, standardised units) so it tolerates the base model's errors at sampling.
+
+Everything random in training is drawn per sample from ``(seed, global sample number, model)``
+(:func:`ctsynth.models.diffusion.training_draws`), so a step's gradient does not depend on its split into
+micro-batches; each model's loss is a per-sample mean squared error summed over the micro-batch and divided
+by its size, and detail models see only the samples whose number is a multiple of ``detail_every`` (their
+step costs several times the base model's).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.networks.nets import DiffusionModelUNet
+
+from ..config import DiffusionConfig
+from ..errors import CTSynthError
+from . import check_levels
+from .autoencoder import crop_to, pad_to_multiple
+from .diffusion import build_unet, sample_latents, training_draws, training_loss_per_sample
+from .wavelet import HaarTransform
+
+DETAIL_BANDS = 7
+DETAIL_OBJECTIVES = ("regression", "flow")
+
+
+def split_level(x: torch.Tensor, haar: HaarTransform) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Haar level: ``(b, 1, z, y, x) -> (low (b, 1, z/2, y/2, x/2), details (b, 7, z/2, y/2, x/2))``."""
+    coeffs = haar.encode(x)[0]
+    return coeffs[:, :1], coeffs[:, 1:]
+
+
+def merge_level(low: torch.Tensor, details: torch.Tensor, haar: HaarTransform) -> torch.Tensor:
+    return haar.decode(torch.cat([low, details], dim=1))
+
+
+def pyramid(x: torch.Tensor, levels: int) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """``x`` (every axis a multiple of ``2**levels``) -> ``(LL_L, [LL_1 .. LL_L], [D_1 .. D_L])``: index
+    ``l - 1`` of the lists is level ``l``; ``lows[l - 1]`` is the band that ``details[l - 1]`` refines."""
+    haar = HaarTransform(1).to(x.device)
+    lows, details, low = [], [], x
+    for _ in range(levels):
+        low, d = split_level(low, haar)
+        lows.append(low)
+        details.append(d)
+    return low, lows, details
+
+
+class _Conditioned(torch.nn.Module):
+    """A detail UNet with its condition fixed, called like an unconditional-input UNet by the sampler."""
+
+    def __init__(self, unet: torch.nn.Module, cond: torch.Tensor) -> None:
+        super().__init__()
+        self.unet, self.cond = unet, cond
+
+    def forward(self, x, timesteps, class_labels):
+        cond = self.cond if self.cond.shape[0] == x.shape[0] else self.cond.repeat(x.shape[0] // self.cond.shape[0],
+                                                                                   1, 1, 1, 1)
+        return self.unet(torch.cat([x, cond], dim=1), timesteps=timesteps, class_labels=class_labels)
+
+
+def build_detail_unet(cfg: DiffusionConfig, n_labels: int) -> DiffusionModelUNet:
+    levels = tuple(False for _ in cfg.detail_channels)
+    check_levels("diffusion (detail_channels)", cfg.detail_channels, levels, cfg.norm_num_groups)
+    return DiffusionModelUNet(
+        spatial_dims=3, in_channels=DETAIL_BANDS + 1, out_channels=DETAIL_BANDS, channels=cfg.detail_channels,
+        attention_levels=levels, num_res_blocks=cfg.num_res_blocks, norm_num_groups=cfg.norm_num_groups,
+        num_class_embeds=n_labels + 1,
+    )
+
+
+def _standardise(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (x - shift.view(1, -1, 1, 1, 1)) * scale.view(1, -1, 1, 1, 1)
+
+
+def _unstandardise(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x / scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1)
+
+
+class WaveletCascade(torch.nn.Module):
+    """The base UNet, one detail UNet per level, and the bands' statistics (buffers).
+
+    ``forward(images, labels, ids, seed, scheduler)`` is the training loss of a micro-batch (so that DDP's
+    hooks run); :meth:`sample` generates.
+    """
+
+    def __init__(self, cfg: DiffusionConfig, levels: int, n_labels: int) -> None:
+        super().__init__()
+        if cfg.detail_objective not in DETAIL_OBJECTIVES:
+            raise CTSynthError(f"unknown diffusion.detail_objective '{cfg.detail_objective}'",
+                               fix=f"use one of {list(DETAIL_OBJECTIVES)}")
+        if not 1 <= levels <= 3:
+            raise CTSynthError(f"diffusion.cascade needs autoencoder.haar_levels between 1 and 3, got {levels}",
+                               fix="use 2 or 3 (the base grid is 1/4 or 1/8 of the volume per axis)")
+        self.cfg, self.levels, self.null_label = cfg, levels, n_labels
+        self.base = build_unet(cfg, 1, n_labels)
+        self.details = torch.nn.ModuleList(build_detail_unet(cfg, n_labels) for _ in range(levels))
+        # (shift, scale) of LL_1 .. LL_L (one channel each) and of D_1 .. D_L (seven channels each)
+        self.register_buffer("low_stats", torch.stack([torch.zeros(levels, 1), torch.ones(levels, 1)]))
+        self.register_buffer("detail_stats", torch.stack([torch.zeros(levels, DETAIL_BANDS),
+                                                          torch.ones(levels, DETAIL_BANDS)]))
+
+    @property
+    def multiple(self) -> int:
+        """Every axis of an image must be a multiple of this (the Haar levels)."""
+        return 2 ** self.levels
+
+    def _base_multiple(self) -> int:
+        return 2 ** (len(self.cfg.channels) - 1)
+
+    def _detail_multiple(self) -> int:
+        return 2 ** (len(self.cfg.detail_channels) - 1)
+
+    @torch.no_grad()
+    def set_statistics(self, images: torch.Tensor) -> None:
+        """Per-channel mean and 1 / std of every band over ``images`` (the training set)."""
+        _, lows, details = pyramid(images.double(), self.levels)
+        for i, (low, d) in enumerate(zip(lows, details)):
+            for stats, band in ((self.low_stats, low), (self.detail_stats, d)):
+                s = band.std(dim=(0, 2, 3, 4))
+                stats[0, i] = band.mean(dim=(0, 2, 3, 4)).float()
+                stats[1, i] = torch.where(s > 0, 1.0 / s, torch.ones_like(s)).float()
+
+    def _low(self, band: torch.Tensor, level: int, inverse: bool = False) -> torch.Tensor:
+        f = _unstandardise if inverse else _standardise
+        return f(band, self.low_stats[0, level - 1], self.low_stats[1, level - 1])
+
+    def _detail(self, band: torch.Tensor, level: int, inverse: bool = False) -> torch.Tensor:
+        f = _unstandardise if inverse else _standardise
+        return f(band, self.detail_stats[0, level - 1], self.detail_stats[1, level - 1])
+
+    def _patch_size(self, grid: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(n if p <= 0 else min(p, n) for n, p in zip(grid, self.cfg.detail_patch))
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, ids: list[int], seed: int,
+                scheduler) -> torch.Tensor:
+        """The micro-batch's loss: the base model's on ``LL_L`` plus every detail model's on a patch of its
+        level (samples ``g`` with ``g % detail_every == 0``), each a per-sample MSE summed / batch size."""
+        b = images.shape[0]
+        low, lows, details = pyramid(images, self.levels)
+        z0 = pad_to_multiple(self._low(low, self.levels), self._base_multiple(), 0.0)[0]
+        noise, t, drop = training_draws(ids, seed, tuple(z0.shape[1:]), scheduler, self.cfg.label_dropout,
+                                        images.device)
+        loss = training_loss_per_sample(self.base, scheduler, z0, labels, self.null_label, noise, t, drop).sum()
+        chosen = [k for k, g in enumerate(ids) if g % max(1, self.cfg.detail_every) == 0]
+        if chosen:
+            sel = torch.tensor(chosen, device=images.device)
+            for level in range(1, self.levels + 1):
+                loss = loss + self._detail_loss(level, lows[level - 1][sel], details[level - 1][sel], labels[sel],
+                                                [ids[k] for k in chosen], seed, scheduler).sum()
+        else:  # every parameter takes part in every step's graph (DDP requires it)
+            loss = loss + 0.0 * sum(p.sum() for p in self.details.parameters())
+        return loss / b
+
+    def _detail_loss(self, level: int, low: torch.Tensor, details: torch.Tensor, labels: torch.Tensor,
+                     ids: list[int], seed: int, scheduler) -> torch.Tensor:
+        """Per-sample loss of level ``level``'s detail model on one random patch per sample, its condition
+        jittered; the patch corner and the jitter come from ``(seed, sample, level)``."""
+        grid = tuple(low.shape[-3:])
+        size = self._patch_size(grid)
+        conds, targets = [], []
+        for v, d, g in zip(low, details, ids):
+            rng = np.random.default_rng([int(seed), int(g), 1000 + level])
+            c = [int(rng.integers(0, n - p + 1)) for n, p in zip(grid, size)]
+            window = (slice(None), *(slice(o, o + p) for o, p in zip(c, size)))
+            jitter = torch.from_numpy(rng.standard_normal((1, *size), dtype=np.float32)).to(v)
+            conds.append(self._low(v[window][None], level)[0] + self.cfg.detail_cond_noise * jitter)
+            targets.append(self._detail(d[window][None], level)[0])
+        m = self._detail_multiple()
+        cond = pad_to_multiple(torch.stack(conds), m, 0.0)[0]
+        target = pad_to_multiple(torch.stack(targets), m, 0.0)[0]
+        if self.cfg.detail_objective == "regression":
+            return self._regress(level, cond, labels).sub(target).pow(2).flatten(1).mean(1)
+        noise, t, drop = training_draws(ids, seed, tuple(target.shape[1:]), scheduler, 0.0, target.device,
+                                        stream=level)
+        return training_loss_per_sample(_Conditioned(self.details[level - 1], cond), scheduler, target, labels,
+                                        self.null_label, noise, t, drop)
+
+    def _regress(self, level: int, cond: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``detail_objective: regression``: the detail UNet's one pass at t = 0 with zeros for its noisy input."""
+        x = torch.zeros(cond.shape[0], DETAIL_BANDS, *cond.shape[2:], device=cond.device, dtype=cond.dtype)
+        t = torch.zeros(cond.shape[0], device=cond.device)
+        return self.details[level - 1](torch.cat([x, cond], dim=1), timesteps=t, class_labels=labels).float()
+
+    @torch.no_grad()
+    def sample(self, scheduler, generators: list[torch.Generator], labels: torch.Tensor, guidance: float,
+               steps: int, image_shape: tuple[int, int, int]) -> torch.Tensor:
+        """Volumes ``(b, 1, *image_shape)`` in the [-1, 1] window: ``LL_L`` by the base model (guided), then
+        every level's details given the band below (conditional pass only). Sample ``i`` draws all its
+        noise from ``generators[i]``, in a fixed order, so it does not depend on its batch."""
+        device = labels.device
+        grid = [-(-n // self.multiple) for n in image_shape]
+
+        def noise(channels: int, shape: list[int]) -> torch.Tensor:
+            return torch.cat([torch.randn((1, channels, *shape), generator=g, device=g.device).to(device)
+                              for g in generators])
+
+        def padded(shape: list[int], m: int) -> list[int]:
+            return [-(-n // m) * m for n in shape]
+
+        low = sample_latents(self.base, scheduler, noise(1, padded(grid, self._base_multiple())), labels,
+                             self.null_label, guidance, steps, tuple(grid))
+        low = self._low(low, self.levels, inverse=True)
+        m = self._detail_multiple()
+        for level in range(self.levels, 0, -1):
+            cond = pad_to_multiple(self._low(low, level), m, 0.0)[0]
+            if self.cfg.detail_objective == "regression":
+                z = crop_to(self._regress(level, cond, labels), tuple(grid))
+            else:
+                z = sample_latents(_Conditioned(self.details[level - 1], cond), scheduler,
+                                   noise(DETAIL_BANDS, padded(grid, m)), labels, self.null_label, 1.0, steps,
+                                   tuple(grid))
+            low = merge_level(low, self._detail(z, level, inverse=True), HaarTransform(1).to(device))
+            grid = [2 * n for n in grid]
+        return crop_to(low, image_shape)
