@@ -234,3 +234,19 @@ def test_haar_low_pass_is_the_scaled_block_sum_and_a_constant_has_no_detail():
         coeffs = HaarTransform(levels).encode(constant)[0]
         assert coeffs[:, 1:].abs().max() < 1e-6, levels
         torch.testing.assert_close(coeffs[:, 0], torch.full_like(coeffs[:, 0], 0.7 * math.sqrt(8) ** levels))
+
+
+# 7. EMA warm-up ----------------------------------------------------------------------------------------------
+
+def test_ema_warm_up_averages_the_first_steps_and_then_holds_the_configured_decay():
+    """The EMA of step 1 must be 2/11 initial + 9/11 trained weights (a plain decay of 0.995 would keep 99.5%
+    of the random initialisation), and from step 1790 on the configured 0.995 holds."""
+    from ctsynth.models.diffusion import ema_decay_at, update_ema
+
+    assert ema_decay_at(0.995, 1) == pytest.approx(2 / 11)
+    assert ema_decay_at(0.995, 1790) == pytest.approx(0.995) and ema_decay_at(0.995, 10**6) == 0.995
+    ema, model = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    torch.nn.init.zeros_(ema.weight)
+    torch.nn.init.ones_(model.weight)
+    update_ema(ema, model, ema_decay_at(0.995, 1))
+    torch.testing.assert_close(ema.weight, torch.full((1, 2), 9 / 11))

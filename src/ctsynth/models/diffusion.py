@@ -163,8 +163,17 @@ def unstandardise(z: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> 
     return z / scale.view(view).to(z) + shift.view(view).to(z)
 
 
+def ema_decay_at(decay: float, step: int) -> float:
+    """The EMA's decay after optimizer step ``step`` (1-based): ``min(decay, (1 + step) / (10 + step))``.
+
+    Without the warm-up, the EMA of a short run is mostly its random initialisation (0.995 ** 170 = 43% of
+    the weights after 170 steps), which is what a time-budgeted CPU run or an early curve point samples from
+    (docs/quality.md); with it the first steps are averaged as they come."""
+    return min(float(decay), (1.0 + step) / (10.0 + step))
+
+
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema = decay * ema + (1 - decay) * model, parameters and floating buffers alike."""
+    """ema = decay * ema + (1 - decay) * model, parameters; buffers are copied."""
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
             e.lerp_(p.detach().to(e.dtype), 1.0 - decay)

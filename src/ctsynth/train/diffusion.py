@@ -32,7 +32,7 @@ from ..models.autoencoder import (build_autoencoder, downsampling_factor, encode
                                   pad_to_multiple)
 from ..models import build_diffusion_model
 from ..models.diffusion import (build_scheduler, pad_latents, standardise, training_draws, training_loss,
-                                update_ema)
+                                ema_decay_at, update_ema)
 from ..data import CacheVolumes
 from .common import (JsonlLog, StopFlag, label_indices, now, progress_bar, sample_ids, skip_reason, study_for_sample,
                      write_json)
@@ -188,8 +188,8 @@ def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entri
             bad_in_a_row = 0
             opt.step()
             opt.zero_grad(set_to_none=True)
-            update_ema(ema, unet.module, cfg.ema_decay)
             step += 1
+            update_ema(ema, unet.module, ema_decay_at(cfg.ema_decay, step))
             bar.update(1)
             bar.set_postfix(loss=f"{total:.4f}")
             if step % tcfg.log_every == 0 or step == cfg.steps:
