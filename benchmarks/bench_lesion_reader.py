@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from ctsynth.evaluate.anatomy import lesion_masks
+from ctsynth.segment import lesion_masks
 from ctsynth.phantom import make_phantom_case
 from ctsynth.segment import body_mask, lung_mask
 

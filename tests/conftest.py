@@ -14,6 +14,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REAL_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-ct"
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(cache, run) of the tiny config trained to the end, once per test session, shared by the tests that
+    only read it."""
+    from train_fixtures import train_tiny_run
+
+    return train_tiny_run(tmp_path_factory.mktemp("tiny_run"))
+
+
 @pytest.fixture
 def real_ct() -> Path:
     """The folder of real CT files beside the project (../shared/data/real-ct); skips where absent."""

@@ -9,7 +9,7 @@ import pytest
 from _evaluate_cohorts import GRID, cohort
 from ctsynth.config import Config
 from ctsynth.errors import CTSynthError
-from ctsynth.evaluate.inputs import StudyItem, patient_split, plan_real
+from ctsynth.evaluate.inputs import plan_real
 from ctsynth.preprocess.cache import CacheManifest, write_manifest, write_study_array
 from ctsynth.preprocess.resample import resample_volume
 
@@ -29,20 +29,6 @@ def test_cache_split_and_grid_are_used(tmp_path):
     assert grid == GRID and not notes
     assert [i.group for i in items] == ["train"] * 4 + ["held_out"] * 2
     assert items[5].load().shape == GRID
-
-
-def test_patient_split_keeps_patients_together_and_is_seeded():
-    items = [StudyItem(id=f"s{k}", patient=f"p{k // 2}", label="covid" if k % 4 < 2 else "normal", group="",
-                       load=lambda: None) for k in range(40)]
-    first = [i.group for i in patient_split(items, 0.25, seed=3)]
-    assert first == [i.group for i in patient_split(items, 0.25, seed=3)]
-    by_patient = {}
-    for item in items:
-        by_patient.setdefault(item.patient, set()).add(item.group)
-    assert all(len(groups) == 1 for groups in by_patient.values())
-    held = [i for i in items if i.group == "held_out"]
-    # 3 of the 10 patients of each label (25%, rounded up), 2 studies each
-    assert len(held) == 12 and {i.label for i in held} == {"covid", "normal"}
 
 
 def test_external_encoder_from_safetensors(tmp_path):

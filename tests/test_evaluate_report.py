@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 
 from _evaluate_cohorts import GRID, cohort, write_cohort
 from ctsynth.cli import main
-from ctsynth.evaluate.png import encode_png
+from ctsynth.evaluate.figures import slice_uri, window_to_uint8
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 GRID_ARG = ",".join(map(str, GRID))
@@ -71,15 +70,22 @@ def test_existing_output_is_kept_and_errors_are_one_line(evaluated, capsys):
     assert not (root / "other").exists()
 
 
-def test_png_encoder_round_trip():
+def test_slice_images_keep_every_grey_level_pixel_for_pixel():
+    """A report slice is the windowed grey image itself: decoding its PNG gives back every 8-bit value at
+    its pixel (no resampling, no colour map), and the window maps level -/+ width/2 to 0 and 255."""
+    import base64
+    import io
+
+    from matplotlib.image import imread
+
     image = (np.arange(12 * 7) % 256).astype(np.uint8).reshape(12, 7)
-    data = encode_png(image)
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    start = data.index(b"IDAT") + 4
-    length = int.from_bytes(data[start - 8:start - 4], "big")
-    raw = np.frombuffer(zlib.decompress(data[start:start + length]), dtype=np.uint8).reshape(12, 8)
-    assert (raw[:, 0] == 2).all()  # "Up" filter on every row: undo it by summing down the columns mod 256
-    assert (np.cumsum(raw[:, 1:].astype(np.int64), axis=0) % 256 == image).all()
+    image[0, 0], image[-1, -1] = 0, 255
+    uri = slice_uri(image)
+    assert uri.startswith("data:image/png;base64,")
+    decoded = imread(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])), format="png")
+    assert decoded.shape[:2] == image.shape
+    assert (np.rint(decoded[..., 0] * 255).astype(np.uint8) == image).all()
+    assert window_to_uint8(np.array([-1350.0, -600.0, 150.0]), 1500.0, -600.0).tolist() == [0, 128, 255]
 
 
 CHECK_SCRIPT = """<script>

@@ -17,12 +17,12 @@ from ctsynth.cli import main
 from ctsynth.config import load_config
 from ctsynth.generate import Generator
 from ctsynth.models.diffusion import build_scheduler, build_unet, sample_latents
-from train_fixtures import SPACING, trained_tiny_run
+from train_fixtures import SPACING
 
 
 @pytest.fixture
-def run_dir(tmp_path_factory) -> Path:
-    return trained_tiny_run(tmp_path_factory)[1]
+def run_dir(tiny_run) -> Path:
+    return tiny_run[1]
 
 
 def test_same_seed_same_volume_whatever_the_batch_size(run_dir):
@@ -98,7 +98,7 @@ class _FlagOdd:
         return AuditResult(similarity=0.99, nearest_id="case_0001", threshold=0.9, flagged=self.calls % 2 == 0)
 
 
-def test_audit_refuses_to_write_flagged_samples(run_dir, tmp_path, capsys):
+def test_audit_refuses_to_write_flagged_samples(run_dir, tiny_run, tmp_path, capsys):
     from ctsynth.generate import generate_to_folder
 
     report = generate_to_folder(Generator.load(run_dir), tmp_path / "a", 3, "covid", steps=2, audit=_FlagOdd())
@@ -107,7 +107,7 @@ def test_audit_refuses_to_write_flagged_samples(run_dir, tmp_path, capsys):
         "covid_00000.json", "covid_00000.nii.gz", "covid_00002.json", "covid_00002.nii.gz"]
     assert json.loads((tmp_path / "a" / "covid_00000.json").read_text())["audit"]["nearest_id"] == "case_0001"
     # the real audit against the training cache, through the CLI
-    prep = trained_tiny_run(None)[0]
+    prep = tiny_run[0]
     assert main(["generate", str(run_dir), "--n", "1", "--label", "covid", "--steps", "2", "--audit", str(prep),
                  "--out", str(tmp_path / "b"), "--accelerator", "cpu"]) == 0
     audit = json.loads((tmp_path / "b" / "covid_00000.json").read_text())["audit"]

@@ -16,7 +16,7 @@ from ctsynth.errors import CTSynthError
 from ctsynth.io.discover import StudyRef
 from ctsynth.io.nifti import write_nifti
 from ctsynth.preprocess.cache import read_manifest
-from ctsynth.preprocess.prepare import assign_splits, prepare_cache
+from ctsynth.preprocess.prepare import prepare_cache
 from _prepare_cohorts import FakeStudy, ellipsoid_chest
 
 
@@ -90,20 +90,6 @@ def test_split_is_by_patient_stratified_and_seeded(cohort, tmp_path):
     assert all(len(s) == 1 for s in split_of_patient.values())
     held = {e["label"] for e in manifest.studies if e["split"] == "held_out"}
     assert held == {"covid", "normal"}
-
-
-def test_assign_splits_fraction_and_stability():
-    studies = [(f"s{i}", f"p{i}", "covid" if i % 2 else "normal") for i in range(40)]
-    splits = assign_splits(studies, 0.25)
-    held = [sid for sid, split in splits.items() if split == "held_out"]
-    assert len(held) == 10
-    assert assign_splits(studies, 0.25) == splits
-    assert assign_splits(studies, 0.25, split_seed=1) != splits
-    # Adding patients does not move the existing ones much (hash order, not a reshuffle).
-    more = assign_splits(studies + [(f"t{i}", f"q{i}", "covid") for i in range(4)], 0.25)
-    moved = sum(more[sid] != splits[sid] for sid in splits)
-    assert moved <= 2
-    assert set(assign_splits(studies[:3], 0.25).values()) == {"train"}  # < 4 studies: nothing held out
 
 
 def test_rerun_skips_unchanged_and_rereads_changed(cohort, tmp_path, monkeypatch):

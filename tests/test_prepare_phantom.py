@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ctsynth import phantom
 from ctsynth.config import load_config
 from ctsynth.preprocess.prepare import prepare_cache
-
-phantom = pytest.importorskip("ctsynth.phantom", reason="the phantom package (contract C) is not importable")
 
 
 class PhantomStudy:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctsynth import segment
-from ctsynth.segment import _airway, body_mask, lung_mask, split_lungs
+from ctsynth.segment import lungs as lung_module
+from ctsynth.segment import body_mask, lung_mask, split_lungs
+from ctsynth.segment.lungs import _airway
+from ctsynth.segment.morphology import morph_factor
 from ctsynth.volume import CTVolume
 
 from _prepare_cohorts import ellipsoid_chest
@@ -65,7 +67,7 @@ def test_airway_threshold_rises_for_a_dim_bronchus(monkeypatch):
     airway = _airway(air, hu, body, spacing)
     assert airway[dim].mean() > 0.9
     assert not (airway & lungs).any()
-    monkeypatch.setattr(segment, "AIRWAY_HU_STEPS", (segment.AIRWAY_HU,))
+    monkeypatch.setattr(lung_module, "AIRWAY_HU_STEPS", (lung_module.AIRWAY_HU,))
     assert _airway(air, hu, body, spacing)[dim].mean() < 0.5  # -950 HU alone stops where the lumen dims
 
 
@@ -116,14 +118,14 @@ def test_lung_mask_on_a_field_of_view_cropped_into_the_chest(real_ct):
 
 def test_subsampled_morphology_matches_full_resolution(monkeypatch):
     """At sub-millimetre pixels the openings/closings run on 2x coarser pixels: same mask, to within a rim."""
-    import ctsynth.segment as segment
+    from ctsynth.segment import morphology
 
     volume, lungs, _, _ = ellipsoid_chest(n=160, nz=12)
     volume = volume.with_hu(volume.hu, spacing_mm=(5.0, 0.75, 0.75))
-    assert segment._morph_factor(volume.spacing_mm) == 2
+    assert morph_factor(volume.spacing_mm) == 2
     fast = lung_mask(volume)
-    monkeypatch.setattr(segment, "MORPH_MM", 0.1)
-    assert segment._morph_factor(volume.spacing_mm) == 1
+    monkeypatch.setattr(morphology, "MORPH_MM", 0.1)
+    assert morph_factor(volume.spacing_mm) == 1
     slow = lung_mask(volume)
     assert dice(fast, slow) > 0.995
     assert dice(fast, lungs) > 0.97

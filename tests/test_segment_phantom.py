@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ctsynth import phantom
 from ctsynth.segment import lung_mask, split_lungs
-
-phantom = pytest.importorskip("ctsynth.phantom", reason="the phantom package (contract C) is not importable")
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from ctsynth.cli import main
 from ctsynth.config import load_config
 from ctsynth.train import LaunchOptions, train
-from train_fixtures import make_tiny_cache, read_log, trained_tiny_run
+from train_fixtures import make_tiny_cache, read_log
 
 CPU = LaunchOptions(accelerator="cpu")
 
@@ -27,8 +27,8 @@ def weights_equal(a: Path, b: Path) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_tiny_config_trains_both_stages_and_losses_fall(tmp_path_factory):
-    _, run = trained_tiny_run(tmp_path_factory)
+def test_tiny_config_trains_both_stages_and_losses_fall(tiny_run):
+    _, run = tiny_run
     for stage in ("autoencoder", "diffusion"):
         losses = [r["loss"] for r in read_log(run / stage / "log.jsonl") if "skipped" not in r]
         assert len(losses) == 16
@@ -45,15 +45,15 @@ def test_tiny_config_trains_both_stages_and_losses_fall(tmp_path_factory):
     assert done["latent_shape"] == [2, 4, 8, 12] and min(done["latent_scale"]) > 0
 
 
-def test_finished_stages_are_not_retrained(tmp_path_factory):
-    prep, run = trained_tiny_run(tmp_path_factory)
+def test_finished_stages_are_not_retrained(tiny_run):
+    prep, run = tiny_run
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")}
     assert train(prep, load_config("tiny"), run, CPU) == "done"
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")} == before
 
 
-def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path_factory, tmp_path):
-    prep, reference = trained_tiny_run(tmp_path_factory)
+def test_interrupted_and_resumed_run_matches_uninterrupted(tiny_run, tmp_path):
+    prep, reference = tiny_run
     run = tmp_path / "run"
     config = load_config("tiny")
     assert train(prep, config, run, CPU, stop_after={"autoencoder": 6}) == "stopped"

@@ -64,19 +64,14 @@ def make_tiny_cache(out: Path, config: Config | None = None, n: int = 6, n_held_
     return out
 
 
-_MEMO: dict[str, Path] = {}
+def train_tiny_run(base: Path) -> tuple[Path, Path]:
+    """(cache, run) of the tiny config trained to the end under ``base`` (the session fixture ``tiny_run``
+    of conftest.py builds it once and shares it)."""
+    from ctsynth.train import LaunchOptions, train
 
-
-def trained_tiny_run(tmp_path_factory) -> tuple[Path, Path]:
-    """(cache, run) of the tiny config trained to the end, built once per test process and shared."""
-    if "run" not in _MEMO:
-        from ctsynth.train import LaunchOptions, train
-
-        base = tmp_path_factory.mktemp("tiny_run")
-        prep = make_tiny_cache(base / "prep", use_phantom=True)
-        assert train(prep, load_config("tiny"), base / "run", LaunchOptions(accelerator="cpu")) == "done"
-        _MEMO["prep"], _MEMO["run"] = prep, base / "run"
-    return _MEMO["prep"], _MEMO["run"]
+    prep = make_tiny_cache(base / "prep", use_phantom=True)
+    assert train(prep, load_config("tiny"), base / "run", LaunchOptions(accelerator="cpu")) == "done"
+    return prep, base / "run"
 
 
 def read_log(path: Path) -> list[dict]:

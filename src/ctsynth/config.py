@@ -20,6 +20,7 @@ import yaml
 from .errors import CTSynthError
 
 PRESET_DIR = Path(__file__).parent / "configs"
+HELD_OUT_FRACTION = 0.1  # patients kept out of training (prepare) or out of the reference (evaluate of a folder)
 
 
 @dataclass
@@ -31,7 +32,7 @@ class DataConfig:
     hu_window: tuple[float, float] = (-1024.0, 1500.0)  # clipped, then mapped linearly to [-1, 1]
     lung_margin_mm: float = 10.0
     labels: tuple[str, ...] = ("normal", "covid")  # class index = position in this tuple
-    held_out_fraction: float = 0.1  # studies (split by patient) kept out of training for validation
+    held_out_fraction: float = HELD_OUT_FRACTION  # studies (split by patient) kept out of training (ctsynth.split)
 
 
 @dataclass

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..config import HELD_OUT_FRACTION
+
 
 def _shape(text: str) -> tuple[int, int, int]:
     try:
@@ -30,8 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--grid", type=_shape, default=None, metavar="Z,Y,X",
                    help="evaluation grid every volume is resampled to (default: the cache's shape, else 32,96,128)")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, encoder, classifiers, bootstraps")
-    p.add_argument("--held-out-fraction", type=float, default=0.2,
-                   help="share of patients held out when --real is a data folder (default 0.2)")
+    p.add_argument("--held-out-fraction", type=float, default=HELD_OUT_FRACTION,
+                   help=f"share of patients held out when --real is a data folder (default {HELD_OUT_FRACTION})")
     p.add_argument("--encoder-steps", type=int, default=300, help="training steps of the feature encoder")
     p.add_argument("--classifier-steps", type=int, default=300, help="training steps of each usefulness classifier")
     p.add_argument("--encoder-weights", type=Path, default=None, metavar="FILE",

@@ -1,7 +1,7 @@
 """Learned feature spaces for the fidelity and memorisation metrics, with no downloaded weights.
 
 - :class:`TrainedEncoder`: a small MONAI ``AutoEncoder`` trained here, self-supervised (denoising
-  reconstruction with random flips), on the real training thumbnails only. Its features are the per-channel
+  reconstruction with random flips, :mod:`.small_net`), on the real training thumbnails only. Its features are the per-channel
   mean and standard deviation of the bottleneck activations (64 numbers). Seeded: same data and seed, same
   features (CPU).
 - :class:`ExternalEncoder`: a MONAI 3D ResNet (MedicalNet layout: ``conv1``, ``layer1..4``; ``module.``
@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import CTSynthError
 from ..preprocess.window import normalise
+from .small_net import ENCODER_FLIPS, train_small_net
 
 ENCODER_WINDOW = (-1024.0, 600.0)  # lung to dense soft tissue: where chest CT anatomy has its contrast
 
@@ -26,11 +27,6 @@ def thumbs_to_tensor(thumbs: np.ndarray):
     import torch
 
     return torch.from_numpy(normalise(thumbs, ENCODER_WINDOW))[:, None]
-
-
-def seeded_batches(n: int, batch: int, steps: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.choice(n, size=min(batch, n), replace=n < batch) for _ in range(steps)]
 
 
 class TrainedEncoder:
@@ -51,24 +47,11 @@ class TrainedEncoder:
             lr: float = 2e-3) -> "TrainedEncoder":
         import torch
 
-        torch.manual_seed(seed)
-        net = cls.build()
-        data = thumbs_to_tensor(thumbs)
-        opt = torch.optim.Adam(net.parameters(), lr=lr)
-        gen = torch.Generator().manual_seed(seed)
-        net.train()
-        for idx in seeded_batches(len(data), batch, steps, seed):
-            x = data[idx]
-            for axis in (2, 3, 4):
-                if torch.rand((), generator=gen) < 0.5:
-                    x = x.flip(axis)
-            noisy = x + 0.1 * torch.randn(x.shape, generator=gen)
-            loss = torch.nn.functional.mse_loss(net(noisy), x)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        net.eval()
-        return cls(net)
+        def denoising(net, x, idx, gen):
+            return torch.nn.functional.mse_loss(net(x + 0.1 * torch.randn(x.shape, generator=gen)), x)
+
+        return cls(train_small_net(cls.build, thumbs_to_tensor(thumbs), denoising, steps=steps, batch=batch,
+                                   seed=seed, lr=lr, flips=ENCODER_FLIPS))
 
     def features(self, thumbs: np.ndarray, batch: int = 32) -> np.ndarray:
         import torch

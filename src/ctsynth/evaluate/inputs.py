@@ -14,8 +14,7 @@ volume when it is needed, so evaluating hundreds of volumes keeps one volume in 
 from __future__ import annotations
 
 import json
-import math
-from collections import defaultdict
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import CTSynthError
+from ..split import patient_split
 from ..preprocess.cache import is_cache_dir, load_cached_volume, read_manifest
 from ..volume import CTVolume
 
@@ -82,29 +82,11 @@ def _reader(ref, label: str | None) -> Callable[[], CTVolume]:
     return load
 
 
-def patient_split(items: list[StudyItem], fraction: float, seed: int) -> list[StudyItem]:
-    """Assign ``group`` "train"/"held_out" by patient, seeded, stratified by the patient's first label.
-
-    At least one patient per label group is held out when the group has two or more patients, and at least
-    one patient stays in training.
-    """
-    by_patient: dict[str, list[StudyItem]] = defaultdict(list)
-    for item in items:
-        by_patient[item.patient].append(item)
-    strata: dict[str, list[str]] = defaultdict(list)
-    for patient, studies in sorted(by_patient.items()):
-        strata[str(studies[0].label)].append(patient)
-    rng = np.random.default_rng(seed)
-    held: set[str] = set()
-    for _, patients in sorted(strata.items()):
-        order = [patients[i] for i in rng.permutation(len(patients))]
-        n = min(max(int(math.ceil(fraction * len(order))), 1 if len(order) >= 2 else 0), len(order) - 1)
-        held.update(order[:n])
-    if len(held) == len(by_patient):
-        held.discard(sorted(held)[0])
-    for item in items:
-        item.group = "held_out" if item.patient in held else "train"
-    return items
+def split_items(items: list[StudyItem], fraction: float, seed: int) -> list[StudyItem]:
+    """``items`` with ``group`` set by :func:`ctsynth.split.patient_split` (the rule `prepare` uses), as new
+    objects (the input is not changed)."""
+    groups = patient_split(((i.id, i.patient, i.label) for i in items), fraction, seed)
+    return [dataclasses.replace(i, group=groups[i.id]) for i in items]
 
 
 def plan_real(path: Path, *, seed: int, held_out_fraction: float
@@ -122,9 +104,9 @@ def plan_real(path: Path, *, seed: int, held_out_fraction: float
         if sum(i.group == "held_out" for i in items) < 2:
             notes.append(f"the cache holds fewer than 2 held-out studies; made a seeded patient-level split "
                          f"({held_out_fraction:.0%} held out) for the baselines")
-            items = patient_split(items, held_out_fraction, seed)
+            items = split_items(items, held_out_fraction, seed)
         return items, grid, notes  # type: ignore[return-value]
-    items = patient_split(discover_items(path, "train"), held_out_fraction, seed)
+    items = split_items(discover_items(path, "train"), held_out_fraction, seed)
     notes.append(f"real data folder: seeded patient-level split, {held_out_fraction:.0%} held out (seed {seed})")
     return items, None, notes
 

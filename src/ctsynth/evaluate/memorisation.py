@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import HELD_OUT_FRACTION
 from ..volume import CTVolume
 
 SEARCH_SHIFT = (1, 2, 2)
@@ -115,13 +116,25 @@ class AuditResult:
 class MemorisationAudit:
     """Checks single volumes against a reference training set (see the module docstring)."""
 
-    def __init__(self, index: NearestNeighbourIndex, threshold: float, grid: tuple[int, int, int]) -> None:
+    def __init__(self, index: NearestNeighbourIndex, threshold: float, grid: tuple[int, int, int],
+                 held_out_similarities: np.ndarray | None = None) -> None:
         self.index = index
         self.threshold = float(threshold)
         self.grid = tuple(grid)
+        self.held_out_similarities = held_out_similarities
 
     @classmethod
-    def from_reference(cls, path: str | Path, *, seed: int = 0, held_out_fraction: float = 0.2,
+    def from_descriptors(cls, train: np.ndarray, train_ids: list[str], held_out: np.ndarray,
+                         grid: tuple[int, int, int]) -> "MemorisationAudit":
+        """The index of the training descriptors and the threshold from the held-out ones' nearest
+        similarities (:func:`percentile_threshold`): the one place both are made, for the evaluation report
+        and for ``generate --audit``."""
+        index = NearestNeighbourIndex(np.asarray(train), train_ids)
+        held = np.asarray([index.nearest(d)[0] for d in held_out])
+        return cls(index, percentile_threshold(held), grid, held)
+
+    @classmethod
+    def from_reference(cls, path: str | Path, *, seed: int = 0, held_out_fraction: float = HELD_OUT_FRACTION,
                        grid: tuple[int, int, int] | None = None) -> "MemorisationAudit":
         """Build from a prepared cache (its split) or a data folder (a seeded patient-level split)."""
         from .features import memorisation_descriptor
@@ -132,9 +145,8 @@ class MemorisationAudit:
         grid = tuple(grid or cache_grid or DEFAULT_GRID)
         thumbs = {item.id: memorisation_descriptor(to_grid(item.load(), grid).hu) for item in items}
         train_ids = [i.id for i in items if i.group == "train"]
-        index = NearestNeighbourIndex(np.stack([thumbs[i] for i in train_ids]), train_ids)
-        held = [index.nearest(thumbs[i.id])[0] for i in items if i.group == "held_out"]
-        return cls(index, percentile_threshold(np.asarray(held)), grid)
+        held = [thumbs[i.id] for i in items if i.group == "held_out"]
+        return cls.from_descriptors(np.stack([thumbs[i] for i in train_ids]), train_ids, np.stack(held), grid)
 
     def check_descriptor(self, thumb: np.ndarray) -> AuditResult:
         similarity, best = self.index.nearest(thumb)

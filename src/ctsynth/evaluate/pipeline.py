@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 from scipy.stats import wasserstein_distance
 
+from ..config import HELD_OUT_FRACTION
 from ..errors import CTSynthError
 from . import verdicts
 from .anatomy import QUANTITIES, coarse_pixel_note
@@ -23,7 +24,7 @@ from .diversity import mean_pairwise_ms_ssim
 from .features import VolumeSummary, summarise_volume, thumbnail_shape
 from .fidelity import matched_scores, median_bandwidth, standardiser
 from .inputs import DEFAULT_GRID, StudyItem, check_real_split, discover_items, plan_real, to_grid
-from .memorisation import NearestNeighbourIndex, cosine_nearest, percentile_threshold
+from .memorisation import MemorisationAudit, cosine_nearest, percentile_threshold
 
 METRICS_FORMAT = "ctsynth-evaluation/1"
 
@@ -32,7 +33,7 @@ METRICS_FORMAT = "ctsynth-evaluation/1"
 class EvaluateOptions:
     grid: tuple[int, int, int] | None = None  # None: the cache's shape, else DEFAULT_GRID
     seed: int = 0
-    held_out_fraction: float = 0.2  # only for a raw data folder (a cache has its own split)
+    held_out_fraction: float = HELD_OUT_FRACTION  # only for a raw data folder (a cache has its own split)
     encoder_steps: int = 300
     classifier_steps: int = 300
     encoder_weights: Path | None = None
@@ -84,18 +85,28 @@ def summarise_items(items: list[StudyItem], grid: tuple[int, int, int], external
     return out
 
 
-def _anatomy(train: list[VolumeSummary], other: list[VolumeSummary], held: list[VolumeSummary]) -> dict:
-    def column(group: list[VolumeSummary], key: str) -> np.ndarray:
-        v = np.asarray([s.anatomy[key] for s in group], dtype=np.float64)
-        return v[np.isfinite(v)]
+def _anatomy_means(group: list[VolumeSummary]) -> dict[str, float]:
+    """Mean of every anatomy quantity over a group (NaN where no volume has it)."""
+    out = {}
+    for key in QUANTITIES:
+        v = _column(group, key)
+        out[key] = float(np.mean(v)) if v.size else float("nan")
+    return out
 
-    means = {}
-    for name, group in (("train", train), ("held_out", held), ("synthetic", other)):
-        means[name] = {key: float(np.mean(column(group, key))) if column(group, key).size else float("nan")
-                       for key in QUANTITIES}
+
+def _column(group: list[VolumeSummary], key: str) -> np.ndarray:
+    v = np.asarray([s.anatomy[key] for s in group], dtype=np.float64)
+    return v[np.isfinite(v)]
+
+
+def _anatomy(train: list[VolumeSummary], other: list[VolumeSummary], held: list[VolumeSummary]) -> dict:
+    """A set's anatomy against the training reference, with the held-out baseline: group means, the
+    Wasserstein distance of each quantity to the training set, and the lesion fraction per class."""
+    means = {name: _anatomy_means(group) for name, group in (("train", train), ("held_out", held),
+                                                              ("synthetic", other))}
     wass = {}
     for key in QUANTITIES:
-        t, h, s = column(train, key), column(held, key), column(other, key)
+        t, h, s = _column(train, key), _column(held, key), _column(other, key)
         ok = t.size and h.size and s.size
         wass[key] = {"synthetic": float(wasserstein_distance(s, t)) if ok else float("nan"),
                      "baseline": float(wasserstein_distance(h, t)) if ok else float("nan")}
@@ -108,25 +119,26 @@ def _anatomy(train: list[VolumeSummary], other: list[VolumeSummary], held: list[
     return {"means": means, "wasserstein": wass, "lesion_fraction_by_class": per_class}
 
 
-def _memorisation(train: list[VolumeSummary], held: list[VolumeSummary], other: list[VolumeSummary],
-                  index: NearestNeighbourIndex, feats: dict[int, np.ndarray] | None, worst: int) -> dict:
-    held_sims = np.asarray([index.nearest(s.memo)[0] for s in held])
-    threshold = percentile_threshold(held_sims)
+def _memorisation(train: list[VolumeSummary], other: list[VolumeSummary], audit: MemorisationAudit,
+                  encoder: tuple[np.ndarray, np.ndarray, np.ndarray] | None, worst: int) -> dict:
+    """Nearest training volume of every synthetic one, by descriptor NCC (the audit's threshold) and, with
+    ``encoder = (train, held-out, synthetic)`` feature rows, by centred cosine with its own held-out threshold."""
+    held_sims, threshold = audit.held_out_similarities, audit.threshold
     rows = []
     for s in other:
-        sim, best = index.nearest(s.memo)
-        rows.append({"id": s.id, "nearest_train_id": train[best].id, "similarity": sim, "flagged": sim > threshold})
+        r = audit.check_descriptor(s.memo)
+        rows.append({"id": s.id, "nearest_train_id": r.nearest_id, "similarity": r.similarity, "flagged": r.flagged})
     rows.sort(key=lambda r: -r["similarity"])
     out = {"ncc": {"threshold": threshold, "held_out_max": float(held_sims.max()),
                    "held_out_fraction_above": float(np.mean(held_sims > threshold)),
                    "fraction_flagged": float(np.mean([r["flagged"] for r in rows])),
                    "n_flagged": int(sum(r["flagged"] for r in rows)), "worst": rows[:worst],
                    "per_volume": rows}}
-    if feats is not None:
-        train_f = np.stack([feats[id(s)] for s in train])
+    if encoder is not None:
+        train_f, held_f, other_f = encoder
         centre = train_f.mean(axis=0)
-        held_cos, _ = cosine_nearest(train_f, np.stack([feats[id(s)] for s in held]), centre)
-        cos, best = cosine_nearest(train_f, np.stack([feats[id(s)] for s in other]), centre)
+        held_cos, _ = cosine_nearest(train_f, held_f, centre)
+        cos, best = cosine_nearest(train_f, other_f, centre)
         thr = percentile_threshold(held_cos)
         out["encoder_cosine"] = {"threshold": thr, "held_out_fraction_above": float(np.mean(held_cos > thr)),
                                  "fraction_flagged": float(np.mean(cos > thr)), "n_flagged": int(np.sum(cos > thr)),
@@ -195,7 +207,10 @@ def evaluate_summaries(summaries: list[VolumeSummary], names: list[str], out: st
                        started: float | None = None) -> Report:
     """Every metric from volume summaries (real ones in groups "train" and "held_out", synthetic ones in
     the groups ``names``): the part of the evaluation after each volume was read once. The quality benchmark
-    summarises the real studies once and scores several synthetic sets against them."""
+    summarises the real studies once and scores several synthetic sets against them.
+
+    Steps: the feature spaces (one row per summary, by position), the memorisation audit and the real
+    diversity, then per set its scores (:func:`score_set`), its usefulness classifiers and its verdict rows."""
     options = options or EvaluateOptions()
     notes = list(notes or [])
     sources = sources or {}
@@ -204,73 +219,34 @@ def evaluate_summaries(summaries: list[VolumeSummary], names: list[str], out: st
     coarse = coarse_pixel_note([max(s.spacing_mm[1:]) for s in summaries])
     if coarse:
         notes.append(coarse)
-    train = [s for s in summaries if s.group == "train"]
-    held = [s for s in summaries if s.group == "held_out"]
-    sets = {name: [s for s in summaries if s.group == name] for name in names}
+    groups = {name: [i for i, s in enumerate(summaries) if s.group == name] for name in ("train", "held_out", *names)}
+    train = [summaries[i] for i in groups["train"]]
+    held = [summaries[i] for i in groups["held_out"]]
 
-    progress(f"evaluate: training the feature encoder on {len(train)} real volumes ({options.encoder_steps} steps)")
-    from .encoder import TrainedEncoder
-
-    encoder = TrainedEncoder.fit(np.stack([s.thumb for s in train]), steps=options.encoder_steps, seed=options.seed)
-    enc = encoder.features(np.stack([s.thumb for s in summaries]))
-    spaces: dict[str, dict[int, np.ndarray]] = {
-        "radiomics": {id(s): s.radiomics for s in summaries},
-        "encoder": {id(s): f for s, f in zip(summaries, enc)},
-    }
-    if external is not None:
-        spaces["external"] = {id(s): s.extra["external"] for s in summaries}
-
+    spaces = feature_spaces(summaries, groups["train"], options, external, progress)
     progress("evaluate: fidelity, diversity, anatomy, memorisation")
-    index = NearestNeighbourIndex(np.stack([s.memo for s in train]), [s.id for s in train])
+    audit = MemorisationAudit.from_descriptors(np.stack([s.memo for s in train]), [s.id for s in train],
+                                               np.stack([s.memo for s in held]), grid)
     real_diversity = mean_pairwise_ms_ssim(np.stack([s.thumb for s in train + held]), max_pairs=options.max_pairs,
                                            seed=options.seed)
-    held_anat = _anatomy(train, held, held)
-    results: dict[str, dict] = {}
-    for name, group in sets.items():
-        size = min(len(held), len(group))
-        fidelity = {}
-        for space, feats in spaces.items():
-            scale = standardiser(np.stack([feats[id(s)] for s in train]))
-            ref = scale(np.stack([feats[id(s)] for s in train]))
-            bw = median_bandwidth(ref)
-            cand = scale(np.stack([feats[id(s)] for s in group]))
-            base = scale(np.stack([feats[id(s)] for s in held]))
-            fidelity[space] = {
-                "matched_size": size,
-                "synthetic": matched_scores(ref, cand, size, draws=options.draws, seed=options.seed, bandwidth=bw),
-                "baseline": matched_scores(ref, base, size, draws=options.draws, seed=options.seed, bandwidth=bw),
-            }
-        diversity = {"synthetic": mean_pairwise_ms_ssim(np.stack([s.thumb for s in group]),
-                                                        max_pairs=options.max_pairs, seed=options.seed),
-                     "real": real_diversity}
-        anatomy = _anatomy(train, group, held)
-        memo = _memorisation(train, held, group, index, spaces["encoder"], options.worst_pairs)
-        results[name] = {"n": len(group), "fidelity": fidelity, "diversity": diversity, "anatomy": anatomy,
-                         "memorisation": memo}
+    results = {name: score_set(summaries, spaces, groups, name, audit, real_diversity, options) for name in names}
 
     from .utility import usefulness
 
     labelled = all(s.label for s in train + held)
-    for name, group in sets.items():
+    for name in names:
         progress(f"evaluate: usefulness classifiers for {name} ({options.classifier_steps} steps each)")
         if not labelled:
             results[name]["utility"] = {"available": False, "reason": "real studies without labels"}
             continue
+        group = [summaries[i] for i in groups[name]]
         results[name]["utility"] = usefulness(
             np.stack([s.thumb for s in train]), [str(s.label) for s in train],
             np.stack([s.thumb for s in held]), [str(s.label) for s in held],
             np.stack([s.thumb for s in group]), [str(s.label) for s in group],
             steps=options.classifier_steps, seed=options.seed, bootstrap=options.bootstrap)
-
-    for name, r in results.items():
-        rows = []
-        for space, f in r["fidelity"].items():
-            rows += verdicts.fidelity_rows(space, f["synthetic"], f["baseline"])
-        rows.append(verdicts.diversity_row(r["diversity"]["synthetic"], r["diversity"]["real"]))
-        rows += verdicts.anatomy_rows(r["anatomy"])
-        rows += verdicts.memorisation_rows(r["memorisation"])
-        rows += verdicts.utility_rows(r["utility"])
-        r["verdicts"] = rows
+    for r in results.values():
+        r["verdicts"] = verdict_rows(r)
 
     metrics = {
         "format": METRICS_FORMAT,
@@ -280,7 +256,7 @@ def evaluate_summaries(summaries: list[VolumeSummary], names: list[str], out: st
                    "thumbnail": list(thumbnail_shape(grid)), "seed": options.seed,
                    "encoder_steps": options.encoder_steps, "classifier_steps": options.classifier_steps,
                    "external_encoder": external.name if external is not None else None, "notes": notes},
-        "real_vs_real": {"anatomy_held_out": held_anat["means"]["synthetic"], "diversity": real_diversity},
+        "real_vs_real": {"anatomy_held_out": _anatomy_means(held), "diversity": real_diversity},
         "sets": results,
         "volumes": [{"id": s.id, "group": s.group, "label": s.label, "anatomy": s.anatomy} for s in summaries],
         "seconds": round(time.perf_counter() - t0, 1),
@@ -291,6 +267,62 @@ def evaluate_summaries(summaries: list[VolumeSummary], names: list[str], out: st
 
         report.out = write_report(report, Path(out), overwrite=overwrite)
     return report
+
+
+def feature_spaces(summaries: list[VolumeSummary], train: list[int], options: EvaluateOptions, external,
+                   progress: Callable[[str], None]) -> dict[str, np.ndarray]:
+    """``{space: (len(summaries), d) features}``, row ``i`` for ``summaries[i]``: radiomics, the encoder
+    trained here on the training thumbnails (rows ``train``), and the external encoder when given."""
+    progress(f"evaluate: training the feature encoder on {len(train)} real volumes ({options.encoder_steps} steps)")
+    from .encoder import TrainedEncoder
+
+    encoder = TrainedEncoder.fit(np.stack([summaries[i].thumb for i in train]), steps=options.encoder_steps,
+                                 seed=options.seed)
+    spaces = {"radiomics": np.stack([s.radiomics for s in summaries]),
+              "encoder": encoder.features(np.stack([s.thumb for s in summaries]))}
+    if external is not None:
+        spaces["external"] = np.stack([s.extra["external"] for s in summaries])
+    return spaces
+
+
+def score_set(summaries: list[VolumeSummary], spaces: dict[str, np.ndarray], groups: dict[str, list[int]],
+              name: str, audit: MemorisationAudit, real_diversity: float, options: EvaluateOptions) -> dict:
+    """Fidelity in every feature space (the set and the held-out baseline against the training reference,
+    at matched size), diversity, anatomy and memorisation of the set ``groups[name]``."""
+    train_i, held_i, set_i = groups["train"], groups["held_out"], groups[name]
+    train, held, group = ([summaries[i] for i in idx] for idx in (train_i, held_i, set_i))
+    size = min(len(held_i), len(set_i))
+    fidelity = {}
+    for space, feats in spaces.items():
+        scale = standardiser(feats[train_i])
+        ref = scale(feats[train_i])
+        bw = median_bandwidth(ref)
+        fidelity[space] = {
+            "matched_size": size,
+            "synthetic": matched_scores(ref, scale(feats[set_i]), size, draws=options.draws, seed=options.seed,
+                                        bandwidth=bw),
+            "baseline": matched_scores(ref, scale(feats[held_i]), size, draws=options.draws, seed=options.seed,
+                                       bandwidth=bw),
+        }
+    diversity = {"synthetic": mean_pairwise_ms_ssim(np.stack([s.thumb for s in group]), max_pairs=options.max_pairs,
+                                                    seed=options.seed),
+                 "real": real_diversity}
+    enc = spaces["encoder"]
+    memo = _memorisation(train, group, audit, (enc[train_i], enc[held_i], enc[set_i]), options.worst_pairs)
+    return {"n": len(group), "fidelity": fidelity, "diversity": diversity, "anatomy": _anatomy(train, group, held),
+            "memorisation": memo}
+
+
+def verdict_rows(result: dict) -> list:
+    """The pass / fail rows of one set's scores (:mod:`.verdicts`), in the report's order."""
+    rows = []
+    for space, f in result["fidelity"].items():
+        rows += verdicts.fidelity_rows(space, f["synthetic"], f["baseline"])
+    rows.append(verdicts.diversity_row(result["diversity"]["synthetic"], result["diversity"]["real"]))
+    rows += verdicts.anatomy_rows(result["anatomy"])
+    rows += verdicts.memorisation_rows(result["memorisation"])
+    rows += verdicts.utility_rows(result["utility"])
+    return rows
 
 
 def _jsonable(value):

@@ -1,7 +1,7 @@
 """The report folder: ``metrics.json`` and a self-contained ``report.html``.
 
-The HTML has no external scripts, styles, fonts or images: slices are PNGs (encoded by :mod:`.png`)
-embedded as base64 data URIs, and plots are inline SVG, so the file opens offline and can be mailed.
+The HTML has no external scripts, styles, fonts or images: slices and plots are PNGs drawn with matplotlib
+(:mod:`.figures`) embedded as base64 data URIs, so the file opens offline and can be mailed.
 Both files are written into a temporary folder that replaces ``out`` only when complete.
 """
 
@@ -16,10 +16,9 @@ from scipy import ndimage
 
 from ..io.atomic import atomic_dir
 from .features import HIST_EDGES, VolumeSummary
-from .png import png_data_uri, window_to_uint8
+from .figures import hu_histograms_uri, lesion_strips_uri, slice_uri, window_to_uint8
 
 WINDOWS = {"lung": (1500.0, -600.0), "mediastinal": (350.0, 40.0)}  # (width, level)
-COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 MONTAGE_VOLUMES = 4
 VIEWS = ("axial", "coronal", "sagittal")
 PANEL_WIDTH = 176  # screen pixels of an axial panel; the other views follow at the same mm per pixel
@@ -92,7 +91,11 @@ def _panel(summary: VolumeSummary, view: str, window: str, shapes: dict[str, tup
 
 def _img(image: np.ndarray, alt: str) -> str:
     h, w = image.shape[:2]
-    return f'<img alt="{html.escape(alt)}" width="{w}" height="{h}" src="{png_data_uri(image)}">'
+    return f'<img alt="{html.escape(alt)}" width="{w}" height="{h}" src="{slice_uri(image)}">'
+
+
+def _figure(uri: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="{uri}">'
 
 
 def _montage_table(name: str, group: list[VolumeSummary], window: str, shapes: dict[str, tuple[int, int]]) -> str:
@@ -106,68 +109,6 @@ def _montage_table(name: str, group: list[VolumeSummary], window: str, shapes: d
         rows.append(f"<tr><th class='vol'>{html.escape(s.id)}<br><span>{label}</span></th>{cells}</tr>")
     return (f"<table class='montage'><caption>{html.escape(name)}</caption><tr><th></th>{head}</tr>"
             f"{''.join(rows)}</table>")
-
-
-def _svg_lines(series: list[tuple[str, np.ndarray, np.ndarray]], xlabel: str, ylabel: str,
-               width: int = 640, height: int = 260) -> str:
-    left, right, top, bottom = 56, 150, 10, 36
-    xs = np.concatenate([s[1] for s in series])
-    ys = np.concatenate([s[2] for s in series])
-    x0, x1 = float(xs.min()), float(xs.max())
-    y1 = float(ys.max()) or 1.0
-    px = lambda x: left + (x - x0) / max(x1 - x0, 1e-12) * (width - left - right)  # noqa: E731
-    py = lambda y: top + (1 - y / y1) * (height - top - bottom)  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
-             f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
-             'fill="none" stroke="#999"/>']
-    for k, (name, x, y) in enumerate(series):
-        pts = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, y))
-        colour = COLOURS[k % len(COLOURS)]
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{pts}"/>')
-        parts.append(f'<text x="{width - right + 8}" y="{top + 14 + 16 * k}" fill="{colour}" '
-                     f'font-size="12">{html.escape(name)}</text>')
-    step = 500.0 if x1 - x0 > 1000 else float(10 ** np.floor(np.log10(max(x1 - x0, 1e-9))))
-    for t in np.arange(np.ceil(x0 / step) * step, x1 + 1e-9, step):
-        parts.append(f'<text x="{px(t):.1f}" y="{height - bottom + 14}" font-size="10" '
-                     f'text-anchor="middle">{t:.0f}</text>')
-    parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 4}" font-size="11" '
-                 f'text-anchor="middle">{html.escape(xlabel)}</text>')
-    parts.append(f'<text x="12" y="{top + (height - top - bottom) / 2}" font-size="11" text-anchor="middle" '
-                 f'transform="rotate(-90 12 {top + (height - top - bottom) / 2})">{html.escape(ylabel)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _svg_strips(groups: list[tuple[str, np.ndarray]], ylabel: str, width: int = 640, height: int = 240) -> str:
-    left, top, bottom = 56, 10, 60
-    vals = np.concatenate([g[1] for g in groups]) if groups else np.zeros(1)
-    y1 = float(np.nanmax(vals)) if vals.size and np.isfinite(vals).any() else 1.0
-    y1 = y1 * 1.1 or 1.0
-    slot = (width - left - 10) / max(len(groups), 1)
-    py = lambda y: top + (1 - y / y1) * (height - top - bottom)  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
-             f'<line x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}" stroke="#999"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#999"/>']
-    rng = np.random.default_rng(0)
-    for k, (name, v) in enumerate(groups):
-        cx = left + slot * (k + 0.5)
-        colour = COLOURS[k % len(COLOURS)]
-        for value in v[np.isfinite(v)]:
-            jitter = rng.uniform(-slot * 0.25, slot * 0.25)
-            parts.append(f'<circle cx="{cx + jitter:.1f}" cy="{py(value):.1f}" r="3" fill="{colour}" '
-                         'fill-opacity="0.6"/>')
-        if np.isfinite(v).any():
-            m = float(np.nanmean(v))
-            parts.append(f'<line x1="{cx - slot * 0.35:.1f}" x2="{cx + slot * 0.35:.1f}" y1="{py(m):.1f}" '
-                         f'y2="{py(m):.1f}" stroke="black" stroke-width="2"/>')
-        parts.append(f'<text x="{cx:.1f}" y="{height - bottom + 16}" font-size="10" text-anchor="middle">'
-                     f'{html.escape(name)}</text>')
-    for t in np.linspace(0, y1, 5):
-        parts.append(f'<text x="{left - 4}" y="{py(t) + 3:.1f}" font-size="10" text-anchor="end">{t:.3g}</text>')
-    parts.append(f'<text x="12" y="{top + (height - top - bottom) / 2}" font-size="11" text-anchor="middle" '
-                 f'transform="rotate(-90 12 {top + (height - top - bottom) / 2})">{html.escape(ylabel)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
 
 
 CSS = """
@@ -276,7 +217,7 @@ def render_html(report) -> str:
     series = [(g, centres, np.mean([s.histogram for s in groups[g]], axis=0))
               for g in ["train", "held_out"] + set_names if groups.get(g)]
     parts.append("<h2>HU histograms (inside the body)</h2>"
-                 + _svg_lines(series, "HU", "fraction of body voxels per 10 HU"))
+                 + _figure(hu_histograms_uri(series, "HU", "fraction of body voxels per 10 HU"), "HU histograms"))
     strips = []
     labels = sorted({str(s.label) for s in summaries})
     for label in labels:
@@ -285,7 +226,8 @@ def render_html(report) -> str:
             vals = np.asarray([s.anatomy["lesion_fraction"] for s in members if str(s.label) == label])
             if vals.size:
                 strips.append((f"{g}: {label}", vals))
-    parts.append("<h2>Lesion fraction inside the lungs, per class</h2>" + _svg_strips(strips, "lesion fraction"))
+    parts.append("<h2>Lesion fraction inside the lungs, per class</h2>"
+                 + _figure(lesion_strips_uri(strips, "lesion fraction"), "lesion fraction per set and class"))
 
     quantities = list(m["real_vs_real"]["anatomy_held_out"])
     head = "".join(f"<th>{html.escape(g)}</th>" for g in ["train", "held_out"] + set_names)

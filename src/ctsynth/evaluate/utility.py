@@ -2,7 +2,8 @@
 
 A small MONAI ``DenseNet`` (three dense blocks of two layers, 8 initial features, growth 8, global average
 pooling; about 20k weights, seconds per hundred steps on a CPU) is trained on
-thumbnails (lung window -1000..-200 HU -> [-1, 1], so lesions have contrast; random flips) to tell the two classes apart, three times:
+thumbnails (lung window -1000..-200 HU -> [-1, 1], so lesions have contrast; random flips in z and x,
+:mod:`.small_net`) to tell the two classes apart, three times:
 on (a) real training volumes, (b) synthetic volumes only ("train on synthetic, test on real", TSTR),
 (c) real + synthetic; each is tested on the held-out real volumes. AUC is MONAI's ``compute_roc_auc``
 with a seeded percentile bootstrap interval over the held-out volumes. Class consistency is the accuracy
@@ -15,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..preprocess.window import normalise
-from .encoder import seeded_batches
+from .small_net import CLASSIFIER_FLIPS, train_small_net
 
 CLASSIFIER_WINDOW = (-1000.0, -200.0)  # lung window: lesions are what separates the classes
 
@@ -35,27 +36,19 @@ def train_classifier(thumbs: np.ndarray, y: np.ndarray, *, steps: int = 300, bat
     import torch
     from monai.networks.nets import DenseNet
 
-    torch.manual_seed(seed)
     # Global average pooling before the last layer: the net measures how much lesion-like texture there is,
     # not where, which is what generalises from a few dozen training volumes.
-    net = DenseNet(spatial_dims=3, in_channels=1, out_channels=1, init_features=8, growth_rate=8,
-                   block_config=(2, 2, 2), bn_size=2)
-    data = _tensor(thumbs)
+    def build():
+        return DenseNet(spatial_dims=3, in_channels=1, out_channels=1, init_features=8, growth_rate=8,
+                        block_config=(2, 2, 2), bn_size=2)
+
     target = torch.from_numpy(np.asarray(y, dtype=np.float32))
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    net.train()
-    for idx in seeded_batches(len(data), batch, steps, seed):
-        x = data[idx]
-        for axis in (2, 4):
-            if torch.rand((), generator=gen) < 0.5:
-                x = x.flip(axis)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x)[:, 0], target[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
-    return net
+
+    def bce(net, x, idx, gen):
+        return torch.nn.functional.binary_cross_entropy_with_logits(net(x)[:, 0], target[idx])
+
+    return train_small_net(build, _tensor(thumbs), bce, steps=steps, batch=batch, seed=seed, lr=lr,
+                           flips=CLASSIFIER_FLIPS)
 
 
 def predict(net, thumbs: np.ndarray, batch: int = 32) -> np.ndarray:

@@ -32,11 +32,8 @@ Studies that cannot be read, or where no lungs are found in ``lung`` mode, are s
 listed in the manifest's ``skipped`` list (a user with 300 scans wants the other 299 prepared and a clear
 list of the one to look at); a cache with no usable study is an error.
 
-Held-out split: by patient, stratified by label, deterministic: within each class the patients are ordered
-by SHA-256 of their id (and ``split_seed``) and the first ``round(fraction * n)`` are held out, at least one
-per class when there are at least 4 studies and the class has at least 2 patients. Hash ordering keeps a
-patient's split stable when other patients are added. A patient's class is the label of most of their
-studies.
+Held-out split: :func:`ctsynth.split.patient_split` (by patient, stratified by label, hash-ordered) with
+``data.held_out_fraction`` and ``split_seed``; the cache records it, and `evaluate` and training use it.
 """
 
 from __future__ import annotations
@@ -46,12 +43,13 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 
 from ..config import Config, DataConfig
 from ..errors import CTSynthError
+from ..split import patient_split
 from ..segment import lung_mask
 from ..volume import CTVolume
 from .cache import (CacheManifest, is_cache_dir, read_manifest, study_key, write_manifest,
@@ -147,27 +145,6 @@ def prepare_volume(volume: CTVolume, data: DataConfig) -> tuple[np.ndarray, dict
     return hu, info
 
 
-def assign_splits(studies: Iterable[tuple[str, str, str]], fraction: float, *, split_seed: int = 0) -> dict[str, str]:
-    """``{study id: "train" | "held_out"}`` from ``(id, patient, label)``; see the module docstring."""
-    studies = list(studies)
-    labels_of: dict[str, list[str]] = {}
-    for _, patient, label in studies:
-        labels_of.setdefault(patient, []).append(label)
-    by_class: dict[str, list[str]] = {}
-    for patient, labels in labels_of.items():
-        label = sorted(Counter(labels).items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-        by_class.setdefault(label, []).append(patient)
-    held: set[str] = set()
-    for label, patients in by_class.items():
-        patients.sort(key=lambda p: hashlib.sha256(f"{split_seed}:{p}".encode()).hexdigest())
-        k = int(round(fraction * len(patients)))
-        if fraction > 0 and k == 0 and len(studies) >= 4 and len(patients) >= 2:
-            k = 1
-        k = min(k, len(patients) - 1) if len(patients) > 1 else 0
-        held.update(patients[:k])
-    return {sid: ("held_out" if patient in held else "train") for sid, patient, _ in studies}
-
-
 def unique_keys(ids: list[str]) -> dict[str, str]:
     """File keys for study ids: :func:`study_key`, plus a short hash of the id where two keys would collide
     (``a/b`` and ``a__b``, or ids differing only in characters that are replaced)."""
@@ -254,8 +231,8 @@ def prepare_cache(data: str | Path, config: Config, out: str | Path, *, labels: 
         raise CTSynthError("no CT studies found under this folder", root,
                            "point to a folder holding DICOM series, .nii/.nii.gz files or folders of .tif slices")
     _check_labels(studies, config.data, root)
-    splits = assign_splits(((s.id, s.patient, s.label) for s in studies), config.data.held_out_fraction,
-                           split_seed=split_seed)
+    splits = patient_split(((s.id, s.patient, s.label) for s in studies), config.data.held_out_fraction,
+                           seed=split_seed)
     present = {s.id for s in studies}
     # Entries by id: those of the previous run (for studies still present) until each is revisited, so a
     # manifest written mid-way never forgets a study whose array is already there.
@@ -350,4 +327,4 @@ def summarise(manifest: CacheManifest) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["prepare_cache", "prepare_volume", "study_box", "assign_splits", "source_hash", "summarise"]
+__all__ = ["prepare_cache", "prepare_volume", "study_box", "source_hash", "summarise"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctsynth.evaluate.anatomy import lesion_masks
-from ctsynth.evaluate.vessels import vessel_voxels
+from ctsynth.segment import lesion_masks
+from ctsynth.segment import vessel_voxels
 
 LUNG_HU, BLOOD_HU, GGO_HU = -850.0, 40.0, -500.0
 

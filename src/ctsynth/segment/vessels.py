@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..segment import IN_PLANE
+from .morphology import IN_PLANE
 
 ISO_MM = 2.0
 SIGMAS_3D_MM = (2.5, 4.0, 6.0)
