@@ -20,7 +20,7 @@ import yaml
 from .errors import CTSynthError
 
 PRESET_DIR = Path(__file__).parent / "configs"
-HELD_OUT_FRACTION = 0.1  # patients kept out of training (prepare) or out of the reference (evaluate of a folder)
+HELD_OUT_FRACTION = 0.2  # patients kept out of training (prepare) and of the reference (evaluate of a folder)
 
 
 @dataclass

@@ -28,11 +28,14 @@ def _uri(data: bytes) -> str:
 
 
 def slice_uri(grey: np.ndarray) -> str:
-    """PNG of an (h, w) uint8 grey image, pixel for pixel (no resampling: the caller sizes it)."""
+    """PNG of an (h, w) uint8 grey image, pixel for pixel (no resampling: the caller sizes it). Written as
+    RGB: through a colour map (``cmap="gray"``) matplotlib quantises 256 levels onto its lookup table and
+    moves some by one."""
     from matplotlib.image import imsave
 
+    grey = np.asarray(grey, dtype=np.uint8)
     buf = io.BytesIO()
-    imsave(buf, np.asarray(grey, dtype=np.uint8), cmap="gray", vmin=0, vmax=255, format="png")
+    imsave(buf, np.repeat(grey[..., None], 3, axis=2), format="png")
     return _uri(buf.getvalue())
 
 
