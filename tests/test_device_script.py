@@ -24,7 +24,6 @@ def test_device_script_usage():
     assert usage.returncode == 0 and "--fetch-wheels" in usage.stdout and "--dry-run" in usage.stdout
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "benchmarks" / "bench_quality.py").is_file(),
                     reason="benchmarks/bench_quality.py does not exist yet, and run.sh --dry-run runs it (--smoke)")
 def test_device_script_dry_run(tmp_path):

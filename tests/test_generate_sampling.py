@@ -114,7 +114,6 @@ def test_audit_refuses_to_write_flagged_samples(run_dir, tiny_run, tmp_path, cap
     assert 0 < audit["threshold"] <= 1 and audit["nearest_id"].startswith("case_")
 
 
-@pytest.mark.slow
 def test_two_ranks_write_the_same_volumes_as_one(run_dir, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     outs = {}

@@ -107,7 +107,6 @@ def test_nan_loss_is_skipped_then_checkpoint_restored_with_lower_lr(tmp_path, ca
     assert state["lr_scale"] == 0.5
 
 
-@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_trains(tmp_path):
     prep = make_tiny_cache(tmp_path / "prep", n=4, n_held_out=1)
     run = tmp_path / "run"
