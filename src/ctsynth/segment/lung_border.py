@@ -1,6 +1,7 @@
-"""Steps 6 and 7 of :func:`ctsynth.segment.lungs.lung_mask`: what a threshold misses or takes in at the lung's border.
+"""Steps 6 and 7 of :func:`ctsynth.segment.lungs.lung_mask`: what a threshold misses or takes in at the
+lung's border.
 
-6. **Subpleural consolidation** (``_costal_consolidation``): dependent consolidation lying on the chest wall
+6. **Subpleural consolidation** (:func:`costal_consolidation`): dependent consolidation lying on the chest wall
    has the wall's HU, so steps 2-5 stop at the aerated lung and miss it (3-8% of the lungs in extensive
    disease). Rays are cast in-plane from the centre of the lungs' bounding box (bins about one pixel wide at
    60 mm); along a ray the mediastinum and the upper abdomen lie inward of the lung, so whatever is found
@@ -26,7 +27,7 @@
    skipped. Not recovered: consolidation with no aerated lung on the ray between it and the centre (a basal
    rim round the heart or the liver dome, a paravertebral gutter seen past the spine). A pleural effusion
    lies where dependent consolidation lies and has its HU: it is taken in as lung, a limit of this method.
-7. **Partial volume at the border** (``_trim_partial_volume``): -320 HU takes in an edge voxel that is only
+7. **Partial volume at the border** (:func:`trim_partial_volume`): -320 HU takes in an edge voxel that is only
    30-40% lung next to fat (-100 HU) or muscle, which adds a rim of up to 2% of the lungs at sub-millimetre
    pixels. An in-plane edge voxel of the mask is dropped when its HU is above the midpoint between the local
    lung (mean of the mask's interior within 5 mm) and the local outside (mean of the body outside the mask

@@ -1,5 +1,5 @@
-"""Body and lung masks from HU thresholds and connected components: cheap, dependency-free, good enough
-to crop to the lungs and to measure lung HU/volume; not a clinical segmentation.
+"""The lung mask from HU thresholds and connected components: cheap, dependency-free, good enough to crop
+to the lungs and to measure lung HU/volume; not a clinical segmentation.
 
 Method (:func:`lung_mask`; step 1 is :func:`ctsynth.segment.body.body_mask`):
 
@@ -53,7 +53,8 @@ from scipy import ndimage
 from ..volume import CTVolume
 from .body import BONE_HU, body_mask
 from .lung_border import TRIM_MAX_PIXEL_MM, costal_consolidation, skin_depth, trim_partial_volume
-from .morphology import IN_PLANE, disk, fill_holes_slicewise, labelled_components, morph_factor, padded_box, pool_any, upsample
+from .morphology import (IN_PLANE, disk, fill_holes_slicewise, labelled_components, morph_factor, padded_box,
+                         pool_any, upsample)
 
 LUNG_HU = -320.0
 AIRWAY_HU = -950.0
