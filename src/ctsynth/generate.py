@@ -60,7 +60,6 @@ class Generator:
                  unet: torch.nn.Module, diffusion_done: dict[str, Any], device: torch.device) -> None:
         self.run_dir, self.info, self.config = run_dir, info, config
         self.autoencoder, self.unet, self.device = autoencoder, unet, device
-        self.cascade = bool(diffusion_done.get("cascade", False))
         self.latent_shift = torch.tensor(diffusion_done["latent_shift"], dtype=torch.float32)
         self.latent_scale = torch.tensor(diffusion_done["latent_scale"], dtype=torch.float32)
         self.latent_shape = tuple(int(n) for n in diffusion_done["latent_shape"])  # (c, z, y, x)
@@ -136,7 +135,7 @@ class Generator:
             chunk = indices[start:start + batch_size]
             labels = torch.full((len(chunk),), cls_index, dtype=torch.long, device=self.device)
             with (autocast() if autocast is not None else torch.autocast("cpu", enabled=False)):
-                if self.cascade:  # every noise of sample i from its own generator, seeded seed + i
+                if self.config.diffusion.cascade:  # every noise of sample i from its own generator, seeded seed + i
                     gens = [torch.Generator(device="cpu").manual_seed(seed + i) for i in chunk]
                     images = self.unet.sample(scheduler, gens, labels, guidance, steps, self.image_shape)
                 else:

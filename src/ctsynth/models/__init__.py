@@ -24,5 +24,8 @@ def build_diffusion_model(config):
 
     n_labels = len(config.data.labels)
     if config.diffusion.cascade:
+        if config.autoencoder.kind != "haar":
+            raise CTSynthError("diffusion.cascade needs autoencoder.kind: haar",
+                               fix="set autoencoder.kind: haar (and haar_levels) or diffusion.cascade: false")
         return WaveletCascade(config.diffusion, config.autoencoder.haar_levels, n_labels)
     return build_unet(config.diffusion, latent_channels(config.autoencoder), n_labels)

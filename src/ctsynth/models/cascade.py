@@ -41,7 +41,8 @@ from ..config import DiffusionConfig
 from ..errors import CTSynthError
 from . import check_levels
 from .autoencoder import crop_to, pad_to_multiple
-from .diffusion import build_unet, sample_latents, training_draws, training_loss_per_sample
+from .diffusion import (build_unet, per_sample_mse, sample_latents, standardise, training_draws,
+                        training_loss_per_sample, unstandardise)
 from .wavelet import HaarTransform
 
 DETAIL_BANDS = 7
@@ -77,10 +78,8 @@ class _Conditioned(torch.nn.Module):
         super().__init__()
         self.unet, self.cond = unet, cond
 
-    def forward(self, x, timesteps, class_labels):
-        cond = self.cond if self.cond.shape[0] == x.shape[0] else self.cond.repeat(x.shape[0] // self.cond.shape[0],
-                                                                                   1, 1, 1, 1)
-        return self.unet(torch.cat([x, cond], dim=1), timesteps=timesteps, class_labels=class_labels)
+    def forward(self, x, timesteps, class_labels):  # detail models are sampled unguided: one pass, same batch
+        return self.unet(torch.cat([x, self.cond], dim=1), timesteps=timesteps, class_labels=class_labels)
 
 
 def build_detail_unet(cfg: DiffusionConfig, n_labels: int) -> DiffusionModelUNet:
@@ -91,14 +90,6 @@ def build_detail_unet(cfg: DiffusionConfig, n_labels: int) -> DiffusionModelUNet
         attention_levels=levels, num_res_blocks=cfg.num_res_blocks, norm_num_groups=cfg.norm_num_groups,
         num_class_embeds=n_labels + 1,
     )
-
-
-def _standardise(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return (x - shift.view(1, -1, 1, 1, 1)) * scale.view(1, -1, 1, 1, 1)
-
-
-def _unstandardise(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x / scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1)
 
 
 class WaveletCascade(torch.nn.Module):
@@ -146,11 +137,11 @@ class WaveletCascade(torch.nn.Module):
                 stats[1, i] = torch.where(s > 0, 1.0 / s, torch.ones_like(s)).float()
 
     def _low(self, band: torch.Tensor, level: int, inverse: bool = False) -> torch.Tensor:
-        f = _unstandardise if inverse else _standardise
+        f = unstandardise if inverse else standardise
         return f(band, self.low_stats[0, level - 1], self.low_stats[1, level - 1])
 
     def _detail(self, band: torch.Tensor, level: int, inverse: bool = False) -> torch.Tensor:
-        f = _unstandardise if inverse else _standardise
+        f = unstandardise if inverse else standardise
         return f(band, self.detail_stats[0, level - 1], self.detail_stats[1, level - 1])
 
     def _patch_size(self, grid: tuple[int, ...]) -> tuple[int, ...]:
@@ -194,7 +185,7 @@ class WaveletCascade(torch.nn.Module):
         cond = pad_to_multiple(torch.stack(conds), m, 0.0)[0]
         target = pad_to_multiple(torch.stack(targets), m, 0.0)[0]
         if self.cfg.detail_objective == "regression":
-            return self._regress(level, cond, labels).sub(target).pow(2).flatten(1).mean(1)
+            return per_sample_mse(self._regress(level, cond, labels), target)
         noise, t, drop = training_draws(ids, seed, tuple(target.shape[1:]), scheduler, 0.0, target.device,
                                         stream=level)
         return training_loss_per_sample(_Conditioned(self.details[level - 1], cond), scheduler, target, labels,

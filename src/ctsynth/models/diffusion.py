@@ -103,7 +103,11 @@ def training_loss_per_sample(unet: torch.nn.Module, scheduler, z0: torch.Tensor,
     else:
         target = scheduler.get_velocity(z0, noise, t)
     noisy = scheduler.add_noise(original_samples=z0, noise=noise, timesteps=t)
-    pred = unet(noisy, timesteps=t, class_labels=labels)
+    return per_sample_mse(unet(noisy, timesteps=t, class_labels=labels), target)
+
+
+def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each sample, ``(b,)``, in float32."""
     return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
 

@@ -88,9 +88,6 @@ def encode_training_set(fabric, config: Config, prep_dir: Path, run_dir: Path, e
 def training_images(config: Config, prep_dir: Path, entries: list[dict]) -> dict:
     """The cascade's training data: the volumes ``(n, 1, z, y, x)`` in [-1, 1], padded (replicating the border)
     to a multiple of ``2**haar_levels``, and their labels."""
-    if config.autoencoder.kind != "haar":
-        raise CTSynthError("diffusion.cascade needs autoencoder.kind: haar",
-                           fix="set autoencoder.kind: haar (and haar_levels) or diffusion.cascade: false")
     volumes = CacheVolumes(prep_dir, entries=entries)
     m = 2 ** config.autoencoder.haar_levels
     images = torch.cat([pad_to_multiple(volumes[k]["image"][None], m)[0] for k in range(len(volumes))])
@@ -144,7 +141,7 @@ def train_diffusion(fabric, config: Config, prep_dir: Path, run_dir: Path, entri
         latents, labels = standardise(data["latents"], shift, scale), data["labels"]
     fabric.seed_everything(tcfg.seed + fabric.global_rank, verbose=False)
 
-    unet = build_diffusion_model(config)
+    unet = build_diffusion_model(config)  # after seeding: its initial weights come from the seed
     if cfg.cascade:
         unet.set_statistics(latents)
     ema = copy.deepcopy(unet).requires_grad_(False)
