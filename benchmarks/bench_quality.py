@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="everything, tiny: 12 phantoms, seconds of training")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.n, args.phantom_size, args.samples, args.curve_samples = 12, 64, 3, 2
+        args.n, args.phantom_size, args.samples, args.curve, args.curve_samples = 12, 64, 3, 2, 2
         args.budget_min = min(args.budget_min, 0.2)
 
     import torch
