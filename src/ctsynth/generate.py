@@ -17,13 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import load_weights
-from .config import Config, config_from_dict
+from .config import Config
 from .errors import CTSynthError
 from .models.autoencoder import decode_latent
-from .models import build_diffusion_model
 from .models.diffusion import build_scheduler, sample_latents, unet_multiple, unstandardise
 from .preprocess.window import denormalise
+from .runs import DONE_FILE, load_diffusion_ema, load_frozen_autoencoder, read_json, read_run
 from .volume import CTVolume
 
 __all__ = ["Generator", "SampleSpec", "resample_for_export", "to_int16_hu"]
@@ -44,15 +43,6 @@ class SampleSpec:
         return dict(self.__dict__)
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise CTSynthError(f"{what} is missing", path, "give a run folder made by `ctsynth train` that finished")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise CTSynthError(f"{what} is damaged ({exc})", path, "re-run `ctsynth train --resume` on this run") from exc
-
-
 class Generator:
     """A trained run, ready to sample. Build with :meth:`load`."""
 
@@ -71,29 +61,15 @@ class Generator:
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> "Generator":
-        """Load a finished run (safetensors + JSON, nothing unpickled); a missing or damaged file is a CTSynthError."""
-        from .train.diffusion import load_frozen_autoencoder
-
+        """Load a finished run (safetensors + JSON, nothing unpickled; :mod:`ctsynth.runs`, not the training
+        code); a missing or damaged file is a CTSynthError."""
         run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise CTSynthError("run folder not found", run_dir, "give the --out folder of `ctsynth train`")
-        info = _read_json(run_dir / "run.json", "run.json (the run's description)")
-        try:
-            config = config_from_dict(info["config"])
-        except (KeyError, CTSynthError) as exc:
-            raise CTSynthError(f"run.json has no usable config ({exc})", run_dir / "run.json",
-                               "re-train with this version of ctsynth") from exc
-        done = _read_json(run_dir / "diffusion" / "done.json", "the diffusion stage's done.json")
+        info, config = read_run(run_dir)
+        done = read_json(run_dir / "diffusion" / DONE_FILE, "the diffusion stage's done.json")
         device = torch.device(device)
         autoencoder = load_frozen_autoencoder(run_dir, config, device)
-        unet = build_diffusion_model(config)
-        weights_path = run_dir / "diffusion" / "model.safetensors"
-        try:
-            unet.load_state_dict(load_weights(weights_path)["ema"])
-        except (KeyError, RuntimeError) as exc:
-            raise CTSynthError(f"diffusion weights do not match the run's config ({exc})", weights_path,
-                               "re-train stage 2") from exc
-        return cls(run_dir, info, config, autoencoder, unet.to(device).eval().requires_grad_(False), done, device)
+        unet = load_diffusion_ema(run_dir, config, device)
+        return cls(run_dir, info, config, autoencoder, unet, done, device)
 
     def label_index(self, label: str) -> int:
         if label not in self.labels:
