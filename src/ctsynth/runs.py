@@ -10,7 +10,7 @@ this module, so that sampling from a run never imports the training code::
     RUN/<stage>/done.json             written last: the stage is finished and is not retrained
 
 The stages are ``autoencoder`` (also ``metrics.json``: held-out PSNR/SSIM) and ``diffusion`` (also
-``latents.safetensors``, the encoded training set). Everything is JSON or safetensors: nothing is unpickled.
+``latents.safetensors``, the encoded training set), or ``gan`` alone for the 3D-GAN baseline (``model: gan``). Everything is JSON or safetensors: nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -55,6 +55,16 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], Config]:
     return info, config
 
 
+def frozen(model: torch.nn.Module, path: Path, key: str, what: str, fix: str,
+           device: torch.device | str) -> torch.nn.Module:
+    """``model`` with the weights saved under ``key`` in ``path``, in eval mode, without gradients."""
+    try:
+        model.load_state_dict(load_weights(path)[key])
+    except (KeyError, RuntimeError) as exc:
+        raise CTSynthError(f"{what} weights do not match the run's config ({exc})", path, fix) from exc
+    return model.to(device).eval().requires_grad_(False)
+
+
 def load_frozen_autoencoder(run_dir: Path, config: Config, device: torch.device | str = "cpu") -> torch.nn.Module:
     """Stage 1, finished, in eval mode without gradients (the Haar transform has no weights to load)."""
     from .models.autoencoder import build_autoencoder, is_trained
@@ -65,23 +75,24 @@ def load_frozen_autoencoder(run_dir: Path, config: Config, device: torch.device 
     ae = build_autoencoder(config.autoencoder)
     if not is_trained(config.autoencoder):
         return ae.to(device).eval()
-    path = run_dir / "autoencoder" / WEIGHTS_FILE
-    try:
-        ae.load_state_dict(load_weights(path)["autoencoder"])
-    except (KeyError, RuntimeError) as exc:
-        raise CTSynthError(f"autoencoder weights do not match the config ({exc})", path, "re-train stage 1") from exc
-    return ae.to(device).eval().requires_grad_(False)
+    return frozen(ae, run_dir / "autoencoder" / WEIGHTS_FILE, "autoencoder", "autoencoder", "re-train stage 1", device)
 
 
 def load_diffusion_ema(run_dir: Path, config: Config, device: torch.device | str = "cpu") -> torch.nn.Module:
     """Stage 2's EMA model (what sampling uses), in eval mode without gradients."""
     from .models import build_diffusion_model
 
-    model = build_diffusion_model(config)
-    path = run_dir / "diffusion" / WEIGHTS_FILE
-    try:
-        model.load_state_dict(load_weights(path)["ema"])
-    except (KeyError, RuntimeError) as exc:
-        raise CTSynthError(f"diffusion weights do not match the run's config ({exc})", path,
-                           "re-train stage 2") from exc
-    return model.to(device).eval().requires_grad_(False)
+    return frozen(build_diffusion_model(config), run_dir / "diffusion" / WEIGHTS_FILE, "ema", "diffusion",
+                  "re-train stage 2", device)
+
+
+def sampling_stage(config: Config) -> str:
+    """The stage whose weights generate: ``diffusion``, or ``gan`` for the 3D-GAN baseline."""
+    return "gan" if config.model == "gan" else "diffusion"
+
+
+def load_gan_generator(run_dir: Path, config: Config, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The 3D-GAN baseline's generator, in eval mode (BatchNorm's running statistics) without gradients."""
+    from .models.gan import build_gan
+
+    return frozen(build_gan(config)[0], run_dir / "gan" / WEIGHTS_FILE, "generator", "GAN", "re-train the GAN", device)

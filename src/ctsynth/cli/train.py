@@ -41,12 +41,14 @@ def launch_options(args: argparse.Namespace):
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "train", help="train the autoencoder and the latent diffusion model on a prepared cache",
+        "train", help="train the autoencoder and the latent diffusion model (or the GAN baseline) on a cache",
         description="Train stage 1 (autoencoder) and stage 2 (class-conditional latent diffusion) on a cache "
                     "made by `ctsynth prepare`. Rerunning the same command continues the run: a finished stage "
                     "is skipped, an unfinished one resumes from its newest checkpoint.")
     parser.add_argument("prep", help="cache folder made by `ctsynth prepare`")
-    parser.add_argument("--config", required=True, help="preset name (tiny, demo, lung, full, low) or YAML file")
+    parser.add_argument("--config", required=True,
+                        help="preset name (tiny, demo, quality, low, lung, full; gan-baseline, gan-48, gan-tiny: "
+                             "the Wu et al. 3D-GAN baseline) or YAML file")
     parser.add_argument("--out", required=True, help="run folder (checkpoints, logs, final weights)")
     parser.add_argument("--resume", action="store_true",
                         help="accepted for older scripts: rerunning the same command resumes without it")

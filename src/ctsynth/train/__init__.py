@@ -1,5 +1,6 @@
-"""Training: stage 1 (autoencoder) then stage 2 (latent diffusion), each a :class:`~ctsynth.train.runner.Stage`
-run by the one loop of :func:`ctsynth.train.runner.run_stage` on Lightning Fabric.
+"""Training: stage 1 (autoencoder) then stage 2 (latent diffusion), or the one stage of the 3D-GAN baseline
+(``model: gan``), each a :class:`~ctsynth.train.runner.Stage` run by the one loop of
+:func:`ctsynth.train.runner.run_stage` on Lightning Fabric.
 
 The run folder's layout is described in :mod:`ctsynth.runs`. Rerunning the same ``train`` command continues
 the run: finished stages are skipped, an unfinished one resumes from its newest checkpoint.
@@ -90,6 +91,7 @@ def train(prep_dir: str | Path, config: Config, run_dir: str | Path, launch: Lau
     """
     from .autoencoder import AutoencoderStage
     from .diffusion import DiffusionStage
+    from .gan import GanStage
 
     prep_dir, run_dir = Path(prep_dir), Path(run_dir)
     launch, hooks = launch or LaunchOptions(), hooks or TrainHooks()
@@ -100,8 +102,8 @@ def train(prep_dir: str | Path, config: Config, run_dir: str | Path, launch: Lau
     prepare_run_dir(run_dir, run_info(config, prep_dir, entries))
     fabric = make_fabric(launch, launch.precision or config.train.precision)
     clean_folder(fabric, run_dir)
-    stages = (AutoencoderStage(fabric, config, prep_dir, run_dir, entries),
-              DiffusionStage(fabric, config, prep_dir, run_dir, entries))
+    kinds = (GanStage,) if config.model == "gan" else (AutoencoderStage, DiffusionStage)
+    stages = [kind(fabric, config, prep_dir, run_dir, entries) for kind in kinds]
     for stage in stages:
         status = run_stage(fabric, stage, run_dir / stage.name, config, hooks)
         if status != "done":

@@ -60,13 +60,17 @@ class Stage:
 
     name: str = ""
     steps: int = 0             # optimizer steps of the whole stage
-    lr: float = 0.0            # base learning rate of every optimizer (the NaN guard scales it)
+    lr: float = 0.0            # base learning rate (of every optimizer unless base_lrs says otherwise; logged)
     time_budget_min: float = 0.0  # 0: none; else the stage ends, finished, at the first step past it
     modules: dict[str, torch.nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
 
     def trains(self) -> bool:
         return True
+
+    def base_lrs(self) -> dict[str, float]:
+        """Each optimizer's learning rate before the NaN guard's scale."""
+        return {name: self.lr for name in self.optimizers}
 
     def load_data(self, fabric) -> None:
         """Before seeding: datasets (rank 0 may write caches; every rank waits)."""
@@ -126,7 +130,7 @@ def run_stage(fabric, stage: Stage, stage_dir: Path, config: Config, hooks: Trai
         step, lr_scale = state["step"], state.get("lr_scale", 1.0)
         seconds_before = float(state.get("train_seconds", 0.0))
         warn(fabric, f"resuming {stage.name} from step {step} ({state['path']})")
-    set_lr(optimizers, stage.lr, lr_scale)
+    set_lr(optimizers, stage.base_lrs(), lr_scale)
     stage.start(step)
 
     log = JsonlLog(stage_dir / LOG_FILE, rank0)
@@ -148,7 +152,7 @@ def run_stage(fabric, stage: Stage, stage_dir: Path, config: Config, hooks: Trai
                     log.write({"step": step, "skipped": skipped, **{k: str(v) for k, v in losses.items()}})
                     if bad_in_a_row >= tcfg.nan_patience:
                         restored, lr_scale = restore_after_non_finite(fabric, stage_dir, modules, optimizers,
-                                                                      stage.lr, lr_scale, bad_in_a_row)
+                                                                      stage.base_lrs(), lr_scale, bad_in_a_row)
                         if restored is not None:
                             step = restored
                             stage.start(step)

@@ -65,10 +65,11 @@ def load_stage(fabric, stage_dir: Path, modules: dict[str, torch.nn.Module],
     return state
 
 
-def set_lr(optimizers: dict[str, torch.optim.Optimizer], base_lr: float, scale: float) -> None:
-    for opt in optimizers.values():
+def set_lr(optimizers: dict[str, torch.optim.Optimizer], base_lrs: dict[str, float], scale: float) -> None:
+    """Every optimizer's learning rate: its base rate times the NaN guard's ``scale``."""
+    for name, opt in optimizers.items():
         for group in opt.param_groups:
-            group["lr"] = base_lr * scale
+            group["lr"] = base_lrs[name] * scale
 
 
 def warn(fabric, message: str) -> None:
@@ -77,18 +78,19 @@ def warn(fabric, message: str) -> None:
 
 
 def restore_after_non_finite(fabric, stage_dir: Path, modules: dict[str, torch.nn.Module],
-                             optimizers: dict[str, torch.optim.Optimizer], base_lr: float, lr_scale: float,
-                             in_a_row: int) -> tuple[int | None, float]:
+                             optimizers: dict[str, torch.optim.Optimizer], base_lrs: dict[str, float],
+                             lr_scale: float, in_a_row: int) -> tuple[int | None, float]:
     """The NaN guard's last resort, after ``nan_patience`` skipped steps (non-finite loss or gradient) in a row.
 
     Restores the newest checkpoint (weights and optimizer state, not the RNG: the same batches would fail
-    again), halves the learning rate and says so in one line. Returns the restored step (None when there
+    again), halves the learning rates and says so in one line. Returns the restored step (None when there
     is no checkpoint yet) and the new learning-rate scale.
     """
     state = load_stage(fabric, stage_dir, modules, optimizers, restore_rng=False)
     lr_scale *= 0.5
-    set_lr(optimizers, base_lr, lr_scale)
+    set_lr(optimizers, base_lrs, lr_scale)
+    rates = sorted({lr * lr_scale for lr in base_lrs.values()}, reverse=True)
     warn(fabric, f"{in_a_row} non-finite losses in a row: restored "
                  f"{state['path'] if state else 'nothing (no checkpoint yet)'}, "
-                 f"learning rate halved to {base_lr * lr_scale:g}")
+                 f"learning rate halved to {', '.join(f'{r:g}' for r in rates)}")
     return (state["step"] if state is not None else None), lr_scale
