@@ -10,7 +10,8 @@ this module, so that sampling from a run never imports the training code::
     RUN/<stage>/done.json             written last: the stage is finished and is not retrained
 
 The stages are ``autoencoder`` (also ``metrics.json``: held-out PSNR/SSIM) and ``diffusion`` (also
-``latents.safetensors``, the encoded training set), or ``gan`` alone for the 3D-GAN baseline (``model: gan``). Everything is JSON or safetensors: nothing is unpickled.
+``latents.safetensors``, the encoded training set), or ``gan`` alone for the 3D-GAN baseline (``model:
+gan``). Everything is JSON or safetensors: nothing is unpickled.
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ def first_kernel(shape: tuple[int, int, int]) -> tuple[int, int, int]:
 
 def hidden_channels(width: float) -> tuple[int, ...]:
     if not width > 0:
-        raise CTSynthError(f"gan.width must be positive, got {width}", fix="use 1 (as published) or e.g. 0.0625 on a CPU")
+        raise CTSynthError(f"gan.width must be positive, got {width}",
+                           fix="use 1 (as published) or e.g. 0.0625 on a CPU")
     return tuple(max(1, round(c * width)) for c in CHANNELS)
 
 

@@ -5,8 +5,8 @@ round trip on the held-out studies and writes ``done.json``.
 Per step (``grad_accum`` micro-batches each): generator loss = L1 + kl_weight * KL (+ adv_weight * LSGAN
 generator loss once ``step >= adv_start_step``), then the discriminator's LSGAN loss on real vs detached
 reconstructions. The loop around a step (resume, NaN guard, logs, stopping, checkpoints) is
-:func:`ctsynth.train.runner.run_stage`'s. Outputs in ``RUN/autoencoder/``: checkpoints, ``log.jsonl``, ``model.safetensors``,
-``metrics.json`` (held-out reconstruction PSNR/SSIM) and, last, ``done.json``.
+:func:`ctsynth.train.runner.run_stage`'s. Outputs in ``RUN/autoencoder/``: checkpoints, ``log.jsonl``,
+``model.safetensors``, ``metrics.json`` (held-out reconstruction PSNR/SSIM) and, last, ``done.json``.
 """
 
 from __future__ import annotations

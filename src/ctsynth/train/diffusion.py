@@ -7,8 +7,8 @@ step draws latents in the deterministic order of :mod:`ctsynth.train.common`, st
 and takes one denoising loss (DDPM/v-prediction for DDIM sampling, or rectified flow) with per-sample noise
 (:func:`ctsynth.models.diffusion.training_draws`); the EMA copy of the UNet is what sampling uses. The loop
 around a step (resume, NaN guard, logs, stopping, time budget, checkpoints) is
-:func:`ctsynth.train.runner.run_stage`'s. Outputs in ``RUN/diffusion/``: checkpoints, ``log.jsonl``, ``model.safetensors`` (``unet`` and ``ema``),
-and, last, ``done.json`` (latent scale and shape, labels).
+:func:`ctsynth.train.runner.run_stage`'s. Outputs in ``RUN/diffusion/``: checkpoints, ``log.jsonl``,
+``model.safetensors`` (``unet`` and ``ema``) and, last, ``done.json`` (latent scale and shape, labels).
 
 With ``diffusion.cascade`` the stage trains a :class:`ctsynth.models.cascade.WaveletCascade` instead: the
 training volumes themselves are held in memory (padded to the Haar levels' multiple), the module computes

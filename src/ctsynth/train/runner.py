@@ -182,7 +182,8 @@ def run_stage(fabric, stage: Stage, stage_dir: Path, config: Config, hooks: Trai
                     save_stage(fabric, stage_dir, step, modules, optimizers, config,
                                {"stage": stage.name, "lr_scale": lr_scale, "train_seconds": elapsed})
                 if out_of_time:
-                    warn(fabric, f"{stage.name}: the time budget of {stage.time_budget_min:g} min is spent at step {step}")
+                    warn(fabric, f"{stage.name}: the time budget of {stage.time_budget_min:g} min is spent "
+                                 f"at step {step}")
                     break
                 if stopping and step < stage.steps:
                     status = "stopped"
