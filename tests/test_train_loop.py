@@ -87,6 +87,12 @@ def test_rerunning_the_command_continues_a_run_and_other_runs_are_refused(tmp_pa
     assert code == 2 and "another config" in err and len(err.splitlines()) == 1
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == listing
 
+    other_cache = make_tiny_cache(tmp_path / "prep4", n=4, n_held_out=1)  # the same data config, other studies
+    code = main(["train", str(other_cache), "--config", str(short), "--out", str(run), "--accelerator", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "another cache" in err and len(err.splitlines()) == 1
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == listing
+
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("not a run")
