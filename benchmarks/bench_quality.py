@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     config.train.keep_last = args.curve + 2
     run = work / f"run-{config.hash()}"
     t = time.perf_counter()
-    if train(prep, config, run, launch, resume=run.exists()) != "done":
+    if train(prep, config, run, launch) != "done":
         log("training stopped; run the same command again to continue")
         return 130
     times["train_s"] = time.perf_counter() - t
