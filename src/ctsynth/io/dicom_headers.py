@@ -87,6 +87,11 @@ class SliceHeader:
     kvp: float | None
     body_part: str
     frame: int | None = None  # index of this frame in a multi-frame (Enhanced CT) file; None = single-frame
+    # Identity (issue #14): kept in memory to group series into studies and patients and to match label rows;
+    # only salted tokens of them ever reach an output (ctsynth.io.identity).
+    study_uid: str = ""
+    patient_id: str = ""
+    accession: str = ""
 
     @property
     def is_localizer(self) -> bool:
@@ -342,6 +347,9 @@ def _parse_header(path: Path) -> tuple[SliceHeader, pydicom.Dataset] | None:
             kernel=_text(_ascii(ds, "ConvolutionKernel", "utf-8")),
             kvp=_float(_ascii(ds, "KVP")),
             body_part=_text(_ascii(ds, "BodyPartExamined")).upper(),
+            study_uid=_text(_ascii(ds, "StudyInstanceUID")),
+            patient_id=_text(_ascii(ds, "PatientID", "utf-8")),
+            accession=_text(_ascii(ds, "AccessionNumber", "utf-8")),
         )
     except (ValueError, TypeError, KeyError, OverflowError) as exc:  # malformed values deep in the header
         raise BrokenDicomError(f"{type(exc).__name__}: {exc}") from exc

@@ -52,6 +52,23 @@ def _headers_of(ref: DicomSeriesRef) -> list[SliceHeader]:
     return headers
 
 
+_BROKEN_FIX = ("copy this file again from the archive or PACS (or re-export the series); ctsynth does not stack "
+               "a series with a slice missing")
+
+
+def _refuse_broken_files(ref: DicomSeriesRef) -> None:
+    """A file of the series that cannot be read (cut short, corrupt, no permission) is named with the fix,
+    rather than showing up later as an anonymous gap between its neighbours."""
+    if not ref.broken:
+        return
+    path, why = ref.broken[0]
+    more = ""
+    if len(ref.broken) > 1:
+        more = f" (and {len(ref.broken) - 1} more: {name_files([p for p, _ in ref.broken[1:]], ref.folder)})"
+    raise CTSynthError(f"this file of series '{ref.description or ref.uid}' ({ref.n_slices} readable slices) "
+                       f"cannot be read: {why}{more}", path, _BROKEN_FIX)
+
+
 def _select_series(source: Path, series_uid: str | None) -> tuple[DicomSeriesRef, list[str]]:
     """Find the one CT series to read under ``source`` (a folder or a file), or raise a one-line error."""
     scan = scan_dicom_tree(source, allow_single_slice=source.is_file())
@@ -240,9 +257,18 @@ def read_dicom_series(source: Path | str | DicomSeriesRef, series_uid: str | Non
         ref, scan_notes = source, []
     else:
         ref, scan_notes = _select_series(Path(source), series_uid)
+    _refuse_broken_files(ref)
     headers = _headers_of(ref)
     notes = list(dict.fromkeys(scan_notes + ref.notes))
-    plan = plan_stack(headers, ref.folder)
+    try:
+        plan = plan_stack(headers, ref.folder)
+    except CTSynthError as exc:
+        if ref.maybe_broken and "missing" in exc.problem:
+            path, why = ref.maybe_broken[0]
+            raise CTSynthError(f"this file beside series '{ref.description or ref.uid}' cannot be read ({why}), "
+                               f"and the series lacks slices where it would be ({exc.problem})", path,
+                               _BROKEN_FIX) from exc
+        raise
     notes.extend(plan.notes)
     hu = _decode_hu(plan.headers)
     hu = _resolve_duplicates(hu, plan, ref.folder, notes)

@@ -38,6 +38,11 @@ class DicomSeriesRef:
     notes: list[str] = field(default_factory=list)
     headers: list[SliceHeader] = field(default_factory=list, repr=False)
     series_number: int | None = None
+    # Files of this series that could not be read (cut short, corrupt): attributed by the series UID found in
+    # their bytes, or (``maybe_broken``) unreadable files in the series' folder that hold no UID to tell.
+    broken: list[tuple[Path, str]] = field(default_factory=list)
+    maybe_broken: list[tuple[Path, str]] = field(default_factory=list)
+    set_aside: str = ""  # why the scan could not use the series at all (localizer, not CT, one slice ...)
 
 
 @dataclass
@@ -50,6 +55,7 @@ class _Scan:
     broken: list[tuple[Path, str]]
     notes: list[str]
     n_dicom: int
+    set_aside: list[DicomSeriesRef] = field(default_factory=list)  # series dropped whole, with the reason
 
 
 def name_files(paths: list[Path], root: Path | None = None, limit: int = _MAX_NAMES) -> str:
@@ -126,8 +132,11 @@ def _common_folder(paths: list[Path]) -> Path:
     return Path(os.path.commonpath([str(p.parent) for p in paths]))
 
 
-def filter_series_slices(headers: list[SliceHeader], root: Path, notes: list[str]) -> list[SliceHeader]:
-    """Drop files that cannot be slices of this stack (localizers, other planes, colour, multi-frame)."""
+def filter_series_slices(headers: list[SliceHeader], root: Path, notes: list[str],
+                         reasons: list[str] | None = None) -> list[SliceHeader]:
+    """Drop files that cannot be slices of this stack (localizers, other planes, colour, multi-frame).
+
+    ``reasons`` (optional) receives each reason once, most files first."""
     kept = []
     dropped: dict[str, list[Path]] = {}
 
@@ -156,6 +165,8 @@ def filter_series_slices(headers: list[SliceHeader], root: Path, notes: list[str
             if not np.allclose(h.orientation, iop, atol=_ORIENTATION_TOL):
                 drop("orientation differs from the rest of the series (a localizer or reformat)", h)
         kept = same
+    if reasons is not None:
+        reasons.extend(sorted(dropped, key=lambda r: -len(dropped[r])))
     for reason, paths in dropped.items():
         paths = list(dict.fromkeys(paths))  # the frames of one multi-frame file share a path
         notes.append(f"skipped {len(paths)} file(s), {reason}: {name_files(paths, root)}")
@@ -202,6 +213,7 @@ def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
 
     series: list[DicomSeriesRef] = []
     other: list[DicomSeriesRef] = []
+    set_aside: list[DicomSeriesRef] = []
     for key, headers in groups.items():
         series_notes: list[str] = []
         folder = _common_folder([h.path for h in headers])
@@ -222,16 +234,22 @@ def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
                                  modality=modality or "unknown", description=description,
                                  n_slices=len(headers), notes=series_notes, headers=headers)
             other.append(ref)
+            set_aside.append(_set_aside_ref(key, folder, headers, modality or "unknown", description,
+                                            f"modality {modality or 'unknown'}, not CT"))
             notes.append(f"skipped series {key}, modality {modality or 'unknown'}, not CT: "
                          f"{name_files(ref.files, root)}")
             continue
-        kept = filter_series_slices(headers, root, series_notes)
+        reasons: list[str] = []
+        kept = filter_series_slices(headers, root, series_notes, reasons)
         if not kept:
             notes.extend(series_notes)
+            reason = reasons[0] if reasons else "no image slices"
+            set_aside.append(_set_aside_ref(key, folder, headers, modality, description, reason))
             continue
         if len(kept) < 2 and not allow_single_slice:
             notes.extend(series_notes)
             notes.append(f"skipped single-slice series {key}: {name_files([h.path for h in kept], root)}")
+            set_aside.append(_set_aside_ref(key, folder, headers, modality, description, "a single image"))
             continue
         kept.sort(key=lambda h: (str(h.path), h.frame or 0))
         series.append(DicomSeriesRef(uid=key, folder=folder, files=list(dict.fromkeys(h.path for h in kept)),
@@ -240,7 +258,44 @@ def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
                                      headers=kept, series_number=_series_number(kept)))
         notes.extend(series_notes)
     series.sort(key=lambda r: (str(r.folder), r.uid))
-    return _Scan(root=root, series=series, other_series=other, broken=broken, notes=notes, n_dicom=n_dicom)
+    attribute_broken_files(series, broken)
+    return _Scan(root=root, series=series, other_series=other, broken=broken, notes=notes, n_dicom=n_dicom,
+                 set_aside=set_aside)
+
+
+def _set_aside_ref(key: str, folder: Path, headers: list[SliceHeader], modality: str, description: str,
+                   reason: str) -> DicomSeriesRef:
+    return DicomSeriesRef(uid=key, folder=folder, files=list(dict.fromkeys(h.path for h in headers)),
+                          modality=modality, description=description, n_slices=len(headers),
+                          headers=headers, series_number=_series_number(headers), set_aside=reason)
+
+
+_ATTRIBUTION_BYTES = 1 << 20  # a header (where the UIDs are) is far shorter; pixel data is not searched
+
+
+def attribute_broken_files(series: list[DicomSeriesRef], broken: list[tuple[Path, str]]) -> None:
+    """Give each unreadable file to the series it belongs to, so that reading that series names the file.
+
+    A file cut short in its header still holds the tags before the cut: if the bytes of a series' UID are
+    among them, the file is that series'. Otherwise it goes to ``maybe_broken`` of the series in the same
+    folder (named only if that series turns out to have a gap where the file would be).
+    """
+    if not broken or not series:
+        return
+    for path, why in broken:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(_ATTRIBUTION_BYTES)
+        except OSError:
+            data = b""
+        owners = [ref for ref in series if ref.uid and not ref.uid.startswith("nouid-")
+                  and ref.uid.encode() in data]
+        if len(owners) == 1:
+            owners[0].broken.append((path, why))
+            continue
+        for ref in series:
+            if path.parent in {f.parent for f in ref.files}:
+                ref.maybe_broken.append((path, why))
 
 
 def find_dicom_series(root: Path) -> tuple[list[DicomSeriesRef], list[str]]:
