@@ -92,6 +92,7 @@ class SliceHeader:
     study_uid: str = ""
     patient_id: str = ""
     accession: str = ""
+    encapsulated_offset: int | None = None  # where (7FE0,0010) starts in a compressed file (ctsynth.io.dicom_codecs)
 
     @property
     def is_localizer(self) -> bool:
@@ -350,6 +351,7 @@ def _parse_header(path: Path) -> tuple[SliceHeader, pydicom.Dataset] | None:
             study_uid=_text(_ascii(ds, "StudyInstanceUID")),
             patient_id=_text(_ascii(ds, "PatientID", "utf-8")),
             accession=_text(_ascii(ds, "AccessionNumber", "utf-8")),
+            encapsulated_offset=end_of_header if (has_pixels and not native) else None,
         )
     except (ValueError, TypeError, KeyError, OverflowError) as exc:  # malformed values deep in the header
         raise BrokenDicomError(f"{type(exc).__name__}: {exc}") from exc

@@ -306,7 +306,9 @@ def _label_keys(study: StudyRef) -> dict[str, list[str]]:
     identity = study.identity()
     if identity is None:
         return {}
-    return {"patient": [identity.patient_id], "study_uid": [identity.study_uid], "accession": [identity.accession]}
+    folder = study.options.get("folder_id") or ""
+    return {"patient": [identity.patient_id], "study_uid": [identity.study_uid], "accession": [identity.accession],
+            "folder": [folder, folder.rsplit("/", 1)[-1]]}
 
 
 def _dicom_studies(root: Path, candidates: list[Path], notes: list[str], rules: SeriesRules,
@@ -347,6 +349,7 @@ def _dicom_studies(root: Path, candidates: list[Path], notes: list[str], rules: 
         groups.setdefault(key, ([], []))[bucket].append(ref)
 
     studies = []
+    planned = []
     for (kind, value), (readable, aside) in groups.items():
         if not readable:
             continue  # a study of scouts or non-CT only: the tree notes already name its files
@@ -356,13 +359,17 @@ def _dicom_studies(root: Path, candidates: list[Path], notes: list[str], rules: 
                                  accession=_majority(h.accession for h in headers))
         redact.add_identity(identity, [r.uid for r in readable + aside])
         choices = select_series(readable, aside, rules)
+        planned.append((kind, identity, choices, folder_of([c for c in choices if c.ref in readable])))
+    # A study is named by its folder (redacted: a TCIA-style folder named after the PatientID shows its token
+    # instead) where that folder is its own; studies sharing a folder (a flat dump) by their token.
+    shared = Counter(folder for _, _, _, folder in planned)
+    for kind, identity, choices, folder in planned:
         used = [c for c in choices if c.used]
-        folder = folder_of([c for c in choices if c.ref in readable])
         base = _rel(folder, root)
-        if kind == "uid":
+        if kind == "uid" and shared[folder] > 1:
             base_id = identity.study_token
         else:
-            base_id = base
+            base_id = redact(base)
         set_aside = describe_set_aside(choices)
         common = {"folder_id": "" if folder == root else base, "identity": identity,
                   "choices": [c.summary() for c in choices]}

@@ -192,7 +192,8 @@ def match_labels(table: LabelTable, studies: list[tuple[str, str]],
     """Labels for ``(study_id, patient)`` pairs from ``table``: by study id first, then by patient id.
 
     ``extra`` gives, per study id, the DICOM header values a row may name instead (``patient``: PatientID,
-    ``study_uid``, ``accession``); which ones count is the table's ``key_kind`` (its id column's name).
+    ``study_uid``, ``accession``) and the study's ``folder`` (a DICOM study's id is a token, but a sheet made
+    for ``case_0001/`` folders still names the folder); which ones count is the table's ``key_kind``.
     Returns ``(labels by study id, notes)``. Rows naming no study are an error for a labels CSV (a typo or
     the wrong data folder), and a note for COVID-CTset's Patient_details.csv, which lists every patient of the
     dataset even when only part of it was downloaded.
@@ -202,7 +203,7 @@ def match_labels(table: LabelTable, studies: list[tuple[str, str]],
     for study_id, patient in studies:
         values = (extra or {}).get(study_id, {})
         if table.key_kind == "study":
-            candidates = [study_id, patient, *values.get("patient", [])]
+            candidates = [study_id, patient, *values.get("patient", []), *values.get("folder", [])]
         else:
             candidates = list(values.get(table.key_kind, []))
         for key in (study_key(c) for c in candidates if c):
@@ -217,7 +218,7 @@ def match_labels(table: LabelTable, studies: list[tuple[str, str]],
         if table.patient_details:
             notes.append(f"{table.path.name}: {len(unused)} listed patients have no series here ({shown})")
         else:
-            what = {"study": "studies or patients", "study_uid": "StudyInstanceUIDs",
+            what = {"study": "studies", "study_uid": "StudyInstanceUIDs",
                     "accession": "AccessionNumbers"}[table.key_kind]
             raise CTSynthError(f"names {len(unused)} {what} that are not in the data: {shown}", table.path,
                                "fix those ids (run 'ctsynth inspect DATA' to list the study ids) or delete "
