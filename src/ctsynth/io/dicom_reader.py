@@ -119,10 +119,15 @@ def _output_dtype(headers: list[SliceHeader]) -> np.dtype:
     return np.dtype(np.int32)
 
 
-def _decode_hu(headers: list[SliceHeader]) -> np.ndarray:
-    dtype = _output_dtype(headers)
+def _decode_hu(headers: list[SliceHeader], dtype: np.dtype | None = None) -> np.ndarray:
+    dtype = _output_dtype(headers) if dtype is None else dtype
     rows, cols = headers[0].rows, headers[0].columns
-    out = np.empty((len(headers), rows, cols), dtype=dtype)
+    # Integer HU that may or may not fit int16 (e.g. signed 16-bit stored values with intercept -1024, as GE
+    # writes): each slice is checked as it is decoded and stored as int16, so the whole volume never exists
+    # as int32; if one slice does not fit, the volume is decoded again as float32 (rare).
+    checked = dtype == np.int32
+    out = np.empty((len(headers), rows, cols), dtype=np.int16 if checked else dtype)
+    overflow: list[int] = []
 
     def store(i: int, raw: np.ndarray | None) -> None:
         """Stored values -> HU into out[i]; ``raw`` None means: decode slice i here (straight into out[i])."""
@@ -141,7 +146,11 @@ def _decode_hu(headers: list[SliceHeader]) -> np.ndarray:
                 np.add(target, np.int16(h.intercept), out=target)
         else:
             raw = decode_stored_values(h) if raw is None else raw
-            np.add(raw, np.int32(h.intercept), out=target, casting="unsafe")
+            hu = np.add(raw, np.int32(h.intercept), dtype=np.int32)
+            if checked and (hu.min() < -32768 or hu.max() > 32767):
+                overflow.append(i)
+                return
+            np.copyto(target, hu, casting="unsafe")
 
     # One unit of work per file: a multi-frame file is decoded once and its frames stored where they belong.
     by_file: dict[Path, list[int]] = {}
@@ -163,10 +172,9 @@ def _decode_hu(headers: list[SliceHeader]) -> np.ndarray:
             store(i, frames[headers[i].frame])
 
     run_parallel(len(units), work)
-    if dtype == np.int32:
-        if out.min() >= -32768 and out.max() <= 32767:
-            return out.astype(np.int16)
-        return out.astype(np.float32)
+    if overflow:
+        del out
+        return _decode_hu(headers, np.dtype(np.float32))
     return out
 
 

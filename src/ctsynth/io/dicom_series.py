@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +176,51 @@ def filter_series_slices(headers: list[SliceHeader], root: Path, notes: list[str
     return kept
 
 
+PARALLEL_MIN_FILES = 48  # below this, starting worker processes costs more than it saves
+
+
+def _parse_one(path: Path) -> tuple[str, object]:
+    """('ok', headers or None for a DICOMDIR) | ('not', None) | ('broken', why): picklable for workers."""
+    try:
+        return "ok", read_slice_headers(path)
+    except NotDicomError:
+        return "not", None
+    except BrokenDicomError as exc:
+        return "broken", str(exc)
+
+
+def _parse_chunk(paths: list[Path]) -> list[tuple[str, object]]:
+    return [_parse_one(p) for p in paths]
+
+
+def header_workers(n_files: int) -> int:
+    """Processes for the header pass: parsing is pure Python (GIL-bound), so threads would not help."""
+    if n_files < PARALLEL_MIN_FILES or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:  # cores other programs keep busy do not pay for the processes' start and the results' transfer
+        idle = cores - int(os.getloadavg()[0])
+    except OSError:
+        idle = cores
+    return max(1, min(idle, 8, n_files // (PARALLEL_MIN_FILES // 2)))
+
+
+def _read_headers(paths: list[Path]) -> tuple[list[Path], list[tuple[str, object]]]:
+    """Parse every file's header, in worker processes for big trees (order kept). Memory stays flat: each
+    worker returns only the small SliceHeader records, never a dataset or pixels."""
+    workers = header_workers(len(paths))
+    if workers == 1:
+        return paths, [_parse_one(p) for p in paths]
+    chunks = [paths[i::workers * 4] for i in range(workers * 4)]
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(pool.map(_parse_chunk, chunks))
+    except (OSError, RuntimeError, BrokenProcessPool):  # no processes to be had: do it here
+        return paths, [_parse_one(p) for p in paths]
+    ordered = [p for chunk in chunks for p in chunk]
+    return ordered, [r for part in parts for r in part]
+
+
 def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
     """Walk ``root`` once; the shared engine behind `find_dicom_series` and `read_dicom_series`."""
     root = Path(root)
@@ -185,14 +233,12 @@ def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
     groups: dict[str, list[SliceHeader]] = {}
     synthetic_keys: set[str] = set()
     n_dicom = 0
-    for path in _walk_files(root):
-        try:
-            file_headers = read_slice_headers(path)
-        except NotDicomError:
+    for path, (status, file_headers) in zip(*_read_headers(_walk_files(root))):
+        if status == "not":
             not_dicom.append(path)
             continue
-        except BrokenDicomError as exc:
-            broken.append((path, str(exc)))
+        if status == "broken":
+            broken.append((path, file_headers))
             continue
         if file_headers is None:
             dicomdirs.append(path)
