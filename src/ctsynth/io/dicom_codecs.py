@@ -33,6 +33,7 @@ JPEG_LS = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
 JPEG_2000 = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
 RLE_LOSSLESS = ("1.2.840.10008.1.2.5",)
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 Decoder = Callable[[bytes, SliceHeader], np.ndarray]
 
@@ -108,10 +109,16 @@ def read_frame_bytes(header: SliceHeader) -> bytes | None:
     with open(header.path, "rb") as fh:
         fh.seek(offset)
         data = fh.read()
-    # Tag (7FE0,0010), VR OB, 2 reserved bytes, undefined length: the items start 12 bytes in.
-    if len(data) < 12 or data[:4] != _PIXEL_TAG or data[8:12] != b"\xff\xff\xff\xff":
+    # Tag (7FE0,0010), VR OB, 2 reserved bytes, undefined length: the items start 12 bytes in. A file cut
+    # short has no sequence delimiter after its last fragment: declined (pydicom then names the file), as
+    # some decoders (libjpeg-turbo) would fill a truncated image without an error.
+    if len(data) < 12 or data[:4] != _PIXEL_TAG or data[8:12] != b"\xff\xff\xff\xff" \
+            or data.rfind(_SEQUENCE_DELIMITER) < 12:
         return None
-    return next(generate_frames(data[12:], number_of_frames=1))
+    frame = next(generate_frames(data[12:], number_of_frames=1))
+    if header.transfer_syntax not in RLE_LOSSLESS and frame.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        return None  # a JPEG, JPEG-LS or JPEG 2000 codestream ends with its end-of-image marker
+    return frame
 
 
 def decode_encapsulated(header: SliceHeader) -> np.ndarray | None:
