@@ -21,6 +21,8 @@ from pydicom.multival import MultiValue
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from .dicom_tags import read_needed_elements
+
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -36,6 +38,9 @@ _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 _VALID_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"OB",
               b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
               b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV"}
+
+
+FAST_HEADERS = True  # False: every header parsed in full by dcmread (tests compare the two)
 
 
 class NotDicomError(Exception):
@@ -275,11 +280,16 @@ def _parse_header(path: Path) -> tuple[SliceHeader, pydicom.Dataset] | None:
     if kind is None:
         raise NotDicomError(str(path))
     marker = kind == "marker"
+    # Only the needed elements, with pydicom's element parser (ctsynth.io.dicom_tags); None: parse in full.
+    needed = read_needed_elements(path) if marker and FAST_HEADERS else None
     try:
-        with open(path, "rb") as fh:
-            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
-            end_of_header = fh.tell()
-            next_tag = fh.read(4)
+        if needed is not None:
+            ds, end_of_header, next_tag = needed
+        else:
+            with open(path, "rb") as fh:
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+                end_of_header = fh.tell()
+                next_tag = fh.read(4)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, struct.error, OverflowError,
             IndexError, AttributeError) as exc:
         if not marker:  # only a guess that it was DICOM, and the guess was wrong
