@@ -116,8 +116,10 @@ def read_frame_bytes(header: SliceHeader) -> bytes | None:
             or data.rfind(_SEQUENCE_DELIMITER) < 12:
         return None
     frame = next(generate_frames(data[12:], number_of_frames=1))
-    if header.transfer_syntax not in RLE_LOSSLESS and frame.rstrip(b"\x00")[-2:] != b"\xff\xd9":
-        return None  # a JPEG, JPEG-LS or JPEG 2000 codestream ends with its end-of-image marker
+    # A JPEG, JPEG-LS or JPEG 2000 codestream ends with its end-of-image marker, then at most the one byte
+    # that pads a fragment to even length (GE writes 0x0F or 0xC0 there, not always 0x00).
+    if header.transfer_syntax not in RLE_LOSSLESS and b"\xff\xd9" not in (frame[-2:], frame[-3:-1]):
+        return None
     return frame
 
 

@@ -11,13 +11,16 @@ only for listing series to the user. Neither is ever copied into a volume's ``me
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -127,6 +130,13 @@ def sniff_dicom(path: Path) -> str | None:
     return "raw" if length < 1024 else None
 
 
+@functools.lru_cache(maxsize=None)
+def _tag(keyword: str) -> BaseTag:
+    """The tag of a keyword, looked up once: pydicom resolves a keyword on every access otherwise, which
+    costs more than the header parse itself for a few hundred files."""
+    return BaseTag(tag_for_keyword(keyword))
+
+
 def _ascii(ds: pydicom.Dataset, keyword: str, encoding: str = "ascii") -> str | None:
     """A text value (DS, IS, CS, UI; LO/SH for display only) straight from the raw element when still raw.
 
@@ -134,7 +144,7 @@ def _ascii(ds: pydicom.Dataset, keyword: str, encoding: str = "ascii") -> str | 
     whole parse; for these VRs the raw bytes already are the text, backslash-separated. Free text (LO, SH)
     is decoded as UTF-8 with replacement: it is only shown to the user, never used for decisions.
     """
-    elem = ds.get_item(keyword)
+    elem = ds.get_item(_tag(keyword))
     if elem is None:
         return None
     value = elem.value
@@ -149,7 +159,7 @@ def _ascii(ds: pydicom.Dataset, keyword: str, encoding: str = "ascii") -> str | 
 
 def _binary_int(ds: pydicom.Dataset, keyword: str, signed: bool = False) -> int | None:
     """A US/SS value (Rows, BitsStored ...) from the raw element's two bytes when still raw."""
-    elem = ds.get_item(keyword)
+    elem = ds.get_item(_tag(keyword))
     if elem is None:
         return None
     value = elem.value

@@ -146,7 +146,17 @@ def _decode_hu(headers: list[SliceHeader], dtype: np.dtype | None = None) -> np.
                 np.add(target, np.int16(h.intercept), out=target)
         else:
             raw = decode_stored_values(h) if raw is None else raw
-            hu = np.add(raw, np.int32(h.intercept), dtype=np.int32)
+            intercept = int(h.intercept)
+            if checked and raw.dtype.itemsize <= 2:
+                # The range check on the stored values (cheap), then int16 arithmetic, which wraps: right
+                # whenever the final HU fit, as they have just been checked to.
+                if int(raw.min()) + intercept < -32768 or int(raw.max()) + intercept > 32767:
+                    overflow.append(i)
+                    return
+                np.add(raw.view(np.int16) if raw.dtype.itemsize == 2 else raw, np.int16(intercept), out=target,
+                       casting="unsafe")
+                return
+            hu = np.add(raw, np.int32(intercept), dtype=np.int32)
             if checked and (hu.min() < -32768 or hu.max() > 32767):
                 overflow.append(i)
                 return

@@ -113,15 +113,15 @@ def _group_key(header: SliceHeader) -> tuple[str, bool]:
 
 
 def _majority_orientation(headers: list[SliceHeader]) -> np.ndarray:
-    clusters: list[tuple[np.ndarray, int]] = []
-    for h in headers:
-        for i, (iop, count) in enumerate(clusters):
-            if np.allclose(iop, h.orientation, atol=_ORIENTATION_TOL):
-                clusters[i] = (iop, count + 1)
-                break
-        else:
-            clusters.append((h.orientation, 1))
-    return max(clusters, key=lambda c: c[1])[0]
+    """The orientation most slices share (within ``_ORIENTATION_TOL``); vectorised over the slices."""
+    left = np.stack([h.orientation for h in headers])
+    best, best_count = left[0], 0
+    while len(left):
+        same = np.all(np.abs(left - left[0]) <= _ORIENTATION_TOL, axis=1)
+        if same.sum() > best_count:
+            best, best_count = left[0], int(same.sum())
+        left = left[~same]
+    return best
 
 
 def _series_number(headers: list[SliceHeader]) -> int | None:
@@ -163,11 +163,11 @@ def filter_series_slices(headers: list[SliceHeader], root: Path, notes: list[str
             kept.append(h)
     if kept:
         iop = _majority_orientation(kept)
-        same = [h for h in kept if np.allclose(h.orientation, iop, atol=_ORIENTATION_TOL)]
-        for h in kept:
-            if not np.allclose(h.orientation, iop, atol=_ORIENTATION_TOL):
+        matches = np.all(np.abs(np.stack([h.orientation for h in kept]) - iop) <= _ORIENTATION_TOL, axis=1)
+        for h, match in zip(kept, matches):
+            if not match:
                 drop("orientation differs from the rest of the series (a localizer or reformat)", h)
-        kept = same
+        kept = [h for h, match in zip(kept, matches) if match]
     if reasons is not None:
         reasons.extend(sorted(dropped, key=lambda r: -len(dropped[r])))
     for reason, paths in dropped.items():
