@@ -69,3 +69,18 @@ def test_cut_short_header_is_broken_either_way(tmp_path: Path, monkeypatch) -> N
         files[0].write_bytes(data[:cut])
         fast, full = _both(files[0], monkeypatch)
         assert fast == full == "BrokenDicomError"
+
+
+def test_header_pass_in_worker_processes_finds_the_same(tmp_path: Path, monkeypatch) -> None:
+    from ctsynth.io import dicom_series
+
+    for k in range(3):
+        write_series(synthetic_volume(shape=(4, 12, 12), seed=k), tmp_path / f"s{k}")
+    (tmp_path / "s1" / "junk.txt").write_text("not dicom")
+    monkeypatch.setattr(dicom_series, "header_workers", lambda n: 1)
+    one = dicom_series.scan_dicom_tree(tmp_path)
+    monkeypatch.setattr(dicom_series, "header_workers", lambda n: 2)
+    two = dicom_series.scan_dicom_tree(tmp_path)
+    assert [(r.uid, r.files) for r in one.series] == [(r.uid, r.files) for r in two.series]
+    assert len(one.series) == 3 and one.notes == two.notes
+    assert [repr(h) for r in one.series for h in r.headers] == [repr(h) for r in two.series for h in r.headers]

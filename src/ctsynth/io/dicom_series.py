@@ -13,6 +13,7 @@ import functools
 import hashlib
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from collections import Counter
@@ -208,17 +209,31 @@ def header_workers(n_files: int) -> int:
 def _read_headers(paths: list[Path]) -> tuple[list[Path], list[tuple[str, object]]]:
     """Parse every file's header, in worker processes for big trees (order kept). Memory stays flat: each
     worker returns only the small SliceHeader records, never a dataset or pixels."""
+    from tqdm import tqdm
+
     workers = header_workers(len(paths))
-    if workers == 1:
-        return paths, [_parse_one(p) for p in paths]
-    chunks = [paths[i::workers * 4] for i in range(workers * 4)]
+    # A progress bar on a terminal for big trees (100,000 files take minutes); nothing in logs or tests.
+    bar = tqdm(total=len(paths), desc="DICOM headers", unit="file", leave=False, file=sys.stderr,
+               disable=None if len(paths) >= 1000 else True)
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            parts = list(pool.map(_parse_chunk, chunks))
-    except (OSError, RuntimeError, BrokenProcessPool):  # no processes to be had: do it here
-        return paths, [_parse_one(p) for p in paths]
-    ordered = [p for chunk in chunks for p in chunk]
-    return ordered, [r for part in parts for r in part]
+        if workers == 1:
+            results = []
+            for p in paths:
+                results.append(_parse_one(p))
+                bar.update()
+            return paths, results
+        chunks = [paths[i:i + 256] for i in range(0, len(paths), 256)]
+        parts = []
+        try:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                for part in pool.map(_parse_chunk, chunks):
+                    parts.append(part)
+                    bar.update(len(part))
+        except (OSError, RuntimeError, BrokenProcessPool):  # no processes to be had: do it here
+            return paths, [_parse_one(p) for p in paths]
+        return paths, [r for part in parts for r in part]
+    finally:
+        bar.close()
 
 
 def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
