@@ -205,6 +205,11 @@ def test_series_option_chooses_otherwise(tmp_path: Path) -> None:
     assert bone.series == "THIN BONE"
     uid = bone.series_uid
     assert [s.series for s in discover(tmp_path / "dump", series=uid).studies] == ["THIN BONE"]
+    # inspect shows the series only as a token; that token chooses it too (also for convert / read_study).
+    assert [s.series for s in discover(tmp_path / "dump", series=token("ser", uid)).studies] == ["THIN BONE"]
+    from ctsynth.io.read import read_study
+
+    assert read_study(tmp_path / "dump", series_uid=token("ser", uid)).shape == (16, 16, 16)
     assert parse_series_option("1.2.3.4").mode == "uid" and parse_series_option(None) == SeriesRules()
     with pytest.raises(CTSynthError, match="not increasing"):
         SeriesRules(thickness_mm=(3.0, 1.0))

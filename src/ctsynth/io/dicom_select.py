@@ -16,8 +16,8 @@ used, the first by these rules, in order:
 6. **the thinnest**; then original before derived images, more slices, the lower series number.
 
 Every other series is set aside with the reason, which ``inspect`` shows. ``--series`` chooses otherwise:
-``axial`` (every axial series), ``all`` (every readable series, reformats reoriented), a SeriesInstanceUID,
-or a pattern matched against SeriesDescription (``*`` and ``?`` wildcards, case-insensitive; without
+``axial`` (every axial series), ``all`` (every readable series, reformats reoriented), a SeriesInstanceUID
+(or its ``ser-`` token, as ``inspect`` prints it), or a pattern matched against SeriesDescription (``*`` and ``?`` wildcards, case-insensitive; without
 wildcards, a substring).
 """
 
@@ -33,11 +33,13 @@ import numpy as np
 
 from ..errors import CTSynthError
 from .dicom_series import DicomSeriesRef
+from .identity import token
 
 PLANES = ("sagittal", "coronal", "axial")  # by the LPS axis (x, y, z) nearest the slice normal
 MAX_AXIAL_DEG = 45.0
 _PROJECTION = {"MIP", "MINIP", "MIN IP", "MAX IP", "PROJECTION IMAGE", "VOLUME", "VR", "3D", "SSD", "AVERAGE IP"}
 _UID = re.compile(r"^\d+(\.\d+)+$")
+_SERIES_TOKEN = re.compile(r"^ser-[0-9a-f]{12}$")
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def parse_series_option(text: str | None, thickness_mm: tuple[float, float] | No
         return SeriesRules(mode="axial", **extra)
     if value.lower() in ("all", "every"):
         return SeriesRules(mode="all", **extra)
-    if _UID.match(value):
+    if _UID.match(value) or _SERIES_TOKEN.match(value):  # a SeriesInstanceUID, or its token as inspect shows it
         return SeriesRules(mode="uid", value=value, **extra)
     return SeriesRules(mode="pattern", value=value, **extra)
 
@@ -198,7 +200,7 @@ def select_series(readable: list[DicomSeriesRef], set_aside: list[DicomSeriesRef
 
     if rules.mode == "uid":
         for c in choices:
-            c.used = c.ref.uid == rules.value
+            c.used = rules.value in (c.ref.uid, token("ser", c.ref.uid))
             c.why = "" if c.used else "not the series asked for (--series UID)"
         return choices + aside
     if rules.mode == "pattern":

@@ -49,7 +49,9 @@ def read_study(
                      spacing_mm=spacing_mm, series=None if series_uid is None else SeriesRules("uid", series_uid))
     studies = found.studies
     if series_uid is not None:
-        studies = [s for s in studies if s.series_uid == series_uid]
+        from .identity import token
+
+        studies = [s for s in studies if series_uid in (s.series_uid, token("ser", s.series_uid or ""))]
         if not studies:
             raise CTSynthError(f"holds no DICOM series with SeriesInstanceUID {series_uid}", path,
                                "run 'ctsynth inspect' on it to list its series")
