@@ -1,12 +1,21 @@
 """Find the CT studies under a data folder: DICOM series, NIfTI files and TIFF slice series.
 
-A *study* is one 3D series, the unit every later stage works on. Its ``id`` is its path below the root
-without extension, '/'-separated (``case_0001``, ``patient1/SR_2``); several DICOM series in one folder get
-``_s1``, ``_s2``... (ordered by SeriesNumber, then description). Its ``patient`` groups the series of one
-person, so that splits never put one patient on both sides: a ``patientN`` folder or name part where there
-is one (COVID-CTset), else the first folder below the root that is neither a label folder (``COVID/``,
-``normal/``) nor a container (``train/``, ``images/``, ``dicom/``...) nor shared by every study, else the
-study id itself (see :func:`assign_patients`).
+A *study* is one training volume, the unit every later stage works on. Its ``id`` is its path below the
+root without extension, '/'-separated (``case_0001``, ``patient1/SR_2``). Its ``patient`` groups the
+volumes of one person, so that splits never put one patient on both sides.
+
+DICOM comes from the headers: series are grouped into studies by StudyInstanceUID and into patients by
+PatientID, whatever the folders or file names; the series a study is trained on is chosen by the rules of
+:mod:`ctsynth.io.dicom_select` (scouts, reformats, sharp kernels set aside with a note). A DICOM study is
+named by its folder where it has one to itself (identifiers in the path replaced by tokens), else by the
+token of its StudyInstanceUID; its patient is the token of its PatientID (:mod:`ctsynth.io.identity`).
+Clear identifiers stay in memory (``StudyRef.identity()``, for label sheets keyed by PatientID,
+StudyInstanceUID or AccessionNumber); ``Discovery.redact`` turns them into tokens in text bound for output.
+
+NIfTI, TIFF, and DICOM files without those tags, keep the folder rules: the patient is a ``patientN`` folder
+or name part where there is one (COVID-CTset), else the first folder below the root that is neither a label
+folder (``COVID/``, ``normal/``) nor a container (``train/``, ``images/``, ``dicom/``...) nor shared by every
+study, else the study id itself (see :func:`assign_patients`).
 
 Skipped, with a note: hidden files and folders, ``ground_truth/``, ``segmentations/`` and ``masks/`` folders
 (the phantom cohort's and TotalSegmentator's masks), ``__MACOSX``, NIfTI files named like masks

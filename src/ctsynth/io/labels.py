@@ -1,5 +1,8 @@
 """Study labels (``covid`` / ``normal``) from folder names, a labels CSV, or COVID-CTset's Patient_details.csv.
 
+A CSV's id column names what its ids are (:data:`KEY_KINDS`): study ids or patients (also a DICOM PatientID
+or a DICOM study's folder), or DICOM StudyInstanceUIDs or AccessionNumbers.
+
 Sources, strongest first: a CSV given with ``--labels FILE``; else ``labels.csv`` or ``Patient_details.csv``
 found at the data root; then, for studies the CSV does not name, a folder name on the study's path below the
 root (``COVID/``, ``normal/``, ``Positive/``... case-insensitive). Values are mapped onto the two labels by
