@@ -94,7 +94,9 @@ def decoders() -> dict[str, tuple[str, Decoder] | None]:
 
 
 def decoder_name(transfer_syntax: str) -> str:
-    """The decoder this module uses for a transfer syntax, or 'pydicom' when it leaves it to pydicom."""
+    """The decoder used for a transfer syntax: this module's, a direct read, or 'pydicom'."""
+    if transfer_syntax in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1"):
+        return "direct read (uncompressed)"
     found = decoders().get(transfer_syntax)
     return found[0] if found else "pydicom"
 
