@@ -144,7 +144,7 @@ def _ascii(ds: pydicom.Dataset, keyword: str, encoding: str = "ascii") -> str | 
     whole parse; for these VRs the raw bytes already are the text, backslash-separated. Free text (LO, SH)
     is decoded as UTF-8 with replacement: it is only shown to the user, never used for decisions.
     """
-    elem = ds.get_item(_tag(keyword))
+    elem = ds.get_item(_tag(keyword), keep_deferred=True)  # an empty raw value stays None: no conversion
     if elem is None:
         return None
     value = elem.value
@@ -159,7 +159,7 @@ def _ascii(ds: pydicom.Dataset, keyword: str, encoding: str = "ascii") -> str | 
 
 def _binary_int(ds: pydicom.Dataset, keyword: str, signed: bool = False) -> int | None:
     """A US/SS value (Rows, BitsStored ...) from the raw element's two bytes when still raw."""
-    elem = ds.get_item(_tag(keyword))
+    elem = ds.get_item(_tag(keyword), keep_deferred=True)  # an empty raw value stays None: no conversion
     if elem is None:
         return None
     value = elem.value

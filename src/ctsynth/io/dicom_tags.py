@@ -33,6 +33,7 @@ NEEDED_KEYWORDS = (
 )
 NEEDED_TAGS = [tag_for_keyword(k) for k in NEEDED_KEYWORDS]
 _PIXEL_DATA = 0x7FE00010
+_is_pixel_data = _PIXEL_DATA.__eq__  # int's own comparison: BaseTag's __eq__ is Python code, called per element
 _SIMPLE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 _ENCAPSULATED_PREFIX = ("1.2.840.10008.1.2.4.", "1.2.840.10008.1.2.5")
 
@@ -53,7 +54,7 @@ def read_needed_elements(path: Path) -> tuple[Dataset, int, bytes] | None:
                 return None
             implicit = syntax == "1.2.840.10008.1.2"
             elements = {e.tag: e for e in data_element_generator(
-                fp, implicit, True, stop_when=lambda tag, vr, length: tag == _PIXEL_DATA, specific_tags=NEEDED_TAGS)}
+                fp, implicit, True, stop_when=lambda tag, vr, length: _is_pixel_data(tag), specific_tags=NEEDED_TAGS)}
             end_of_header = fp.tell()
             next_tag = fp.read(4)
     except Exception:  # anything odd: the full parse decides (and names the file if it is broken)
