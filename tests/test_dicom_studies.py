@@ -266,3 +266,17 @@ def test_file_cut_short_is_named_not_reported_as_a_gap(tmp_path: Path, cut: int)
     text = str(err.value)
     assert text.startswith(str(middle)) and "cannot be read" in text
     assert "copy this file again from the archive" in text
+
+
+def test_cut_short_file_in_the_preferred_series_is_named_when_it_is_set_aside(tmp_path: Path) -> None:
+    names = random.Random(9)
+    vol = synthetic_volume(shape=(6, 16, 16), spacing=(1.25, 0.7, 0.7))
+    soft = add_series(tmp_path / "d", vol, study="1.2.11", patient="P11", number=2, description="SOFT",
+                      thickness=1.25, names=names)
+    add_series(tmp_path / "d", vol, study="1.2.11", patient="P11", number=3, description="BONE", kernel="BONE",
+               thickness=1.25, names=names)
+    soft[2].write_bytes(soft[2].read_bytes()[:400])  # cut before its series UID: found beside the gap
+    (study,) = discover(tmp_path / "d").studies
+    assert study.series == "BONE"
+    why = {c["description"]: c["why_not"] for c in study.options["choices"]}
+    assert why["SOFT"].startswith(f"incomplete: file {soft[2]} cannot be read")

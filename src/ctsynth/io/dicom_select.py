@@ -169,12 +169,15 @@ def _completeness(choice: SeriesChoice) -> None:
     ref = choice.ref
     if ref.broken:
         path, why = ref.broken[0]
-        choice.problem = f"file {path.name} cannot be read ({why})"
+        choice.problem = f"file {path} cannot be read ({why})"
         return
     try:
         plan = plan_stack(list(ref.headers), ref.folder)
     except CTSynthError as exc:
         choice.problem = exc.problem
+        if ref.maybe_broken and "missing" in exc.problem:  # name the unreadable file beside the gap
+            path, why = ref.maybe_broken[0]
+            choice.problem = f"file {path} cannot be read ({why}) and {exc.problem}"
         return
     if choice.thickness_mm is None:
         choice.thickness_mm = round(float(plan.z_step), 3)

@@ -368,7 +368,8 @@ def _dicom_studies(root: Path, candidates: list[Path], notes: list[str], rules: 
                                  accession=_majority(h.accession for h in headers))
         redact.add_identity(identity, [r.uid for r in readable + aside])
         choices = select_series(readable, aside, rules)
-        planned.append((kind, identity, choices, folder_of([c for c in choices if c.ref in readable])))
+        readable_ids = {id(ref) for ref in readable}
+        planned.append((kind, identity, choices, folder_of([c for c in choices if id(c.ref) in readable_ids])))
     # A study is named by its folder (redacted: a TCIA-style folder named after the PatientID shows its token
     # instead) where that folder is its own; studies sharing a folder (a flat dump) by their token.
     shared = Counter(folder for _, _, _, folder in planned)
