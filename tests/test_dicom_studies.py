@@ -169,6 +169,8 @@ def _hospital_study(root: Path) -> dict[str, list[Path]]:
                           description="SOFT 1MM", kernel="SOFT", thickness=1.0, **common),
         "mip": add_series(root, vol, number=6, description="AX MIP", image_type="DERIVED\\SECONDARY\\AXIAL\\MIP",
                           thickness=1.25, **common),
+        "minip": add_series(root, vol, number=7, description="AX MinIP 5mm", image_type="DERIVED\\SECONDARY\\AXIAL",
+                            thickness=1.25, **common),
         "coronal": add_series(root, _coronal(vol), number=604, description="COR 3X3",
                               image_type="DERIVED\\SECONDARY\\REFORMATTED", thickness=3.0, **common),
         "scout": add_series(root, synthetic_volume(shape=(1, 16, 16)), number=1, description="SCOUT",
@@ -187,10 +189,10 @@ def test_default_rules_pick_the_routine_axial_series_and_say_why_not_the_others(
     assert why["THIN BONE"].startswith("a bone or lung (sharp) kernel (BONEPLUS)")
     assert why["5MM"] == "slice thickness 5 mm is outside 1-3 mm"
     assert why["SOFT 1MM"].startswith("incomplete: 1 slice(s) missing")
-    assert why["AX MIP"].startswith("projection images")
+    assert why["AX MIP"].startswith("projection images") and why["AX MinIP 5mm"].startswith("projection images")
     assert why["COR 3X3"].startswith("coronal reformat")
     assert why["SCOUT"] == "localizer (scout) image"
-    assert len([n for n in study.notes if n.startswith("set aside ")]) == 6
+    assert len([n for n in study.notes if n.startswith("set aside ")]) == 7
     assert study.read().shape == (8, 16, 16)
 
 

@@ -184,9 +184,12 @@ def _completeness(choice: SeriesChoice) -> None:
 
 
 def _is_projection(ref: DicomSeriesRef) -> bool:
+    """MIP/MinIP/volume rendering by ImageType, or by the description where ImageType only says DERIVED
+    (several consoles write 'AX MIP 10MM' as DERIVED\\SECONDARY\\AXIAL)."""
     h = ref.headers[0] if ref.headers else None
     parts = {p.upper() for p in (h.image_type if h is not None else ())}
-    return bool(parts & _PROJECTION)
+    words = set(re.split(r"[^A-Z0-9]+", (ref.description or "").upper()))
+    return bool(parts & _PROJECTION) or bool(words & {"MIP", "MINIP", "MINMIP", "VR", "VRT", "3D"})
 
 
 def select_series(readable: list[DicomSeriesRef], set_aside: list[DicomSeriesRef],
