@@ -16,8 +16,10 @@ slices in parallel):
 
 Anything else (lossy baseline JPEG, deflate, big endian, multi-frame), a decoder that is not installed, or
 any failure (a file cut short, an odd codestream) returns None and the slice goes through pydicom as before,
-which names the file in its error. Every decoder here is checked against pydicom's ``pixel_array`` in
-tests/test_dicom_codecs.py: same stored values, bit for bit.
+which names the file in its error. tests/test_dicom_codecs.py checks every decoder here against the values
+that were encoded, bit for bit (and against pydicom's ``pixel_array``, except for 16-bit JPEG lossless:
+on streams written by libjpeg-turbo, pylibjpeg-libjpeg returns 4095 for samples above 12 bits, where
+libjpeg-turbo and liblj92 both return the encoded values; the real GE series equals SimpleITK's array).
 """
 
 from __future__ import annotations
