@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydicom import config
+from pydicom.dataelem import DataElement
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import data_element_generator
@@ -62,6 +64,14 @@ def read_needed_elements(path: Path) -> tuple[Dataset, int, bytes] | None:
     if 0x00280008 in elements or 0x52009230 in elements or 0x00041220 in elements:
         return None  # multi-frame or a DICOMDIR: the full parse handles those
     ds = Dataset(elements)
-    ds.file_meta = FileMetaDataset(meta_elements)
+    # The two file meta values the header needs, converted here: pydicom's conversion of a raw UI element
+    # (with its validation) costs more than reading the rest of the header.
+    meta = FileMetaDataset()
+    for tag in (0x00020002, 0x00020010):
+        raw = meta_elements.get(tag)
+        if raw is not None and isinstance(raw.value, bytes):
+            meta.add(DataElement(tag, "UI", raw.value.decode("ascii", "replace").strip("\x00 "),
+                                 validation_mode=config.IGNORE))
+    ds.file_meta = meta
     ds.set_original_encoding(implicit, True)
     return ds, end_of_header, next_tag
