@@ -144,7 +144,7 @@ class SeriesChoice:
     def name(self) -> str:
         number = f"series {self.ref.series_number}" if self.ref.series_number is not None else "a series"
         desc = f" '{self.ref.description}'" if self.ref.description else ""
-        return f"{number}{desc} ({self.ref.n_slices} images)"
+        return f"{number}{desc} ({self.ref.n_slices} image{'' if self.ref.n_slices == 1 else 's'})"
 
 
 def _describe(ref: DicomSeriesRef) -> SeriesChoice:
