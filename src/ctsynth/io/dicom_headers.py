@@ -11,15 +11,20 @@ only for listing series to the user. Neither is ever copied into a volume's ``me
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from .dicom_tags import read_needed_elements
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -38,6 +43,9 @@ _VALID_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"I
               b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV"}
 
 
+FAST_HEADERS = True  # False: every header parsed in full by dcmread (tests compare the two)
+
+
 class NotDicomError(Exception):
     """The file does not look like DICOM at all (no 'DICM' marker, no plausible raw dataset start)."""
 
@@ -46,7 +54,7 @@ class BrokenDicomError(Exception):
     """The file looks like DICOM but its header cannot be parsed (truncated or corrupt)."""
 
 
-@dataclass
+@dataclass(slots=True)  # slots: 100,000 headers of a big export stay small in memory
 class SliceHeader:
     """The header fields of one image file that stacking, decoding and HU conversion need."""
 
@@ -87,6 +95,12 @@ class SliceHeader:
     kvp: float | None
     body_part: str
     frame: int | None = None  # index of this frame in a multi-frame (Enhanced CT) file; None = single-frame
+    # Identity (issue #14): kept in memory to group series into studies and patients and to match label rows;
+    # only salted tokens of them ever reach an output (ctsynth.io.identity).
+    study_uid: str = ""
+    patient_id: str = ""
+    accession: str = ""
+    encapsulated_offset: int | None = None  # where (7FE0,0010) starts in a compressed file (ctsynth.io.dicom_codecs)
 
     @property
     def is_localizer(self) -> bool:
@@ -116,6 +130,13 @@ def sniff_dicom(path: Path) -> str | None:
     return "raw" if length < 1024 else None
 
 
+@functools.lru_cache(maxsize=None)
+def _tag(keyword: str) -> BaseTag:
+    """The tag of a keyword, looked up once: pydicom resolves a keyword on every access otherwise, which
+    costs more than the header parse itself for a few hundred files."""
+    return BaseTag(tag_for_keyword(keyword))
+
+
 def _ascii(ds: pydicom.Dataset, keyword: str, encoding: str = "ascii") -> str | None:
     """A text value (DS, IS, CS, UI; LO/SH for display only) straight from the raw element when still raw.
 
@@ -123,7 +144,7 @@ def _ascii(ds: pydicom.Dataset, keyword: str, encoding: str = "ascii") -> str | 
     whole parse; for these VRs the raw bytes already are the text, backslash-separated. Free text (LO, SH)
     is decoded as UTF-8 with replacement: it is only shown to the user, never used for decisions.
     """
-    elem = ds.get_item(keyword)
+    elem = ds.get_item(_tag(keyword), keep_deferred=True)  # an empty raw value stays None: no conversion
     if elem is None:
         return None
     value = elem.value
@@ -138,7 +159,7 @@ def _ascii(ds: pydicom.Dataset, keyword: str, encoding: str = "ascii") -> str | 
 
 def _binary_int(ds: pydicom.Dataset, keyword: str, signed: bool = False) -> int | None:
     """A US/SS value (Rows, BitsStored ...) from the raw element's two bytes when still raw."""
-    elem = ds.get_item(keyword)
+    elem = ds.get_item(_tag(keyword), keep_deferred=True)  # an empty raw value stays None: no conversion
     if elem is None:
         return None
     value = elem.value
@@ -269,11 +290,16 @@ def _parse_header(path: Path) -> tuple[SliceHeader, pydicom.Dataset] | None:
     if kind is None:
         raise NotDicomError(str(path))
     marker = kind == "marker"
+    # Only the needed elements, with pydicom's element parser (ctsynth.io.dicom_tags); None: parse in full.
+    needed = read_needed_elements(path) if marker and FAST_HEADERS else None
     try:
-        with open(path, "rb") as fh:
-            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
-            end_of_header = fh.tell()
-            next_tag = fh.read(4)
+        if needed is not None:
+            ds, end_of_header, next_tag = needed
+        else:
+            with open(path, "rb") as fh:
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+                end_of_header = fh.tell()
+                next_tag = fh.read(4)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, struct.error, OverflowError,
             IndexError, AttributeError) as exc:
         if not marker:  # only a guess that it was DICOM, and the guess was wrong
@@ -342,6 +368,10 @@ def _parse_header(path: Path) -> tuple[SliceHeader, pydicom.Dataset] | None:
             kernel=_text(_ascii(ds, "ConvolutionKernel", "utf-8")),
             kvp=_float(_ascii(ds, "KVP")),
             body_part=_text(_ascii(ds, "BodyPartExamined")).upper(),
+            study_uid=_text(_ascii(ds, "StudyInstanceUID")),
+            patient_id=_text(_ascii(ds, "PatientID", "utf-8")),
+            accession=_text(_ascii(ds, "AccessionNumber", "utf-8")),
+            encapsulated_offset=end_of_header if (has_pixels and not native) else None,
         )
     except (ValueError, TypeError, KeyError, OverflowError) as exc:  # malformed values deep in the header
         raise BrokenDicomError(f"{type(exc).__name__}: {exc}") from exc

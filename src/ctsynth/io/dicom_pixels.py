@@ -121,6 +121,12 @@ def decode_stored_values(header: SliceHeader, out: np.ndarray | None = None) -> 
         arr = _read_native(header, out)
         if arr is not None:
             return arr
+    if header.encapsulated_offset is not None:  # compressed: the fastest installed decoder (dicom_codecs)
+        from .dicom_codecs import decode_encapsulated
+
+        arr = decode_encapsulated(header)
+        if arr is not None:
+            return arr
     return _read_with_pydicom(header)
 
 
