@@ -80,3 +80,32 @@ def test_cut_short_compressed_file_falls_back_and_is_named(tmp_path: Path) -> No
     with pytest.raises(Exception) as err:
         read_dicom_series(tmp_path / "s")
     assert str(files[1]) in str(err.value)
+
+
+@pytest.mark.filterwarnings("ignore:End of file reached before delimiter")
+@pytest.mark.parametrize("syntax", [None, RLELossless, JPEGLSLossless, JPEG2000Lossless])
+def test_decoding_in_worker_processes_gives_the_same_volume_and_errors(tmp_path: Path, monkeypatch,
+                                                                       syntax: str | None) -> None:
+    """Forked workers decode into shared memory: the same array as the threads, uncompressed and compressed;
+    an error in a worker (a file cut short) reaches the parent naming the file, as with threads."""
+    from ctsynth.io import dicom_reader
+
+    files = write_series(synthetic_volume(shape=(9, 16, 20), seed=4), tmp_path / "s")
+    if syntax is not None:
+        for f in files:
+            edit(f, lambda ds: _encode(ds, syntax))
+    monkeypatch.setattr(dicom_reader, "decode_processes", lambda n: 1)
+    threads = read_dicom_series(tmp_path / "s")
+    monkeypatch.setattr(dicom_reader, "decode_processes", lambda n: 3)
+    forked = read_dicom_series(tmp_path / "s")
+    assert forked.hu.dtype == threads.hu.dtype
+    np.testing.assert_array_equal(forked.hu, threads.hu)
+    data = files[6].read_bytes()
+    files[6].write_bytes(data[: len(data) - 150])
+    errors = []
+    for n in (1, 3):
+        monkeypatch.setattr(dicom_reader, "decode_processes", lambda _, n=n: n)
+        with pytest.raises(Exception) as err:
+            read_dicom_series(tmp_path / "s")
+        errors.append((type(err.value), str(err.value)))
+    assert errors[0] == errors[1] and str(files[6]) in errors[1][1]

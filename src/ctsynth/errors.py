@@ -21,6 +21,10 @@ class CTSynthError(Exception):
         self.fix = fix
         super().__init__(self._one_line())
 
+    def __reduce__(self):
+        # Picklable with its parts, so an error raised in a worker process reaches the user unchanged.
+        return (type(self), (self.problem, self.path, self.fix))
+
     def _one_line(self) -> str:
         text = " ".join(self.problem.split())
         if self.path:

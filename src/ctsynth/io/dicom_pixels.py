@@ -4,14 +4,20 @@ Uncompressed little-endian files (most CT exports) are read directly: the header
 where the (7FE0,0010) element starts, so decoding is one ``seek`` + ``read`` + ``np.frombuffer``. Every
 other transfer syntax (JPEG 2000, JPEG-LS, JPEG lossless, RLE, deflate, big endian) goes through pydicom's
 ``pixel_array``, which uses the pylibjpeg plugins for the compressed ones. A thread pool overlaps file I/O
-and the C decoders, which release the GIL.
+and the C decoders, which release the GIL; when cores sit idle (:func:`idle_cores`), worker processes
+forked for the read take contiguous chunks of files and decode straight into an output in shared memory
+(:func:`shared_empty`), which also runs the per-slice Python in parallel. The processes pay only with idle
+cores: on a loaded machine the threads are used.
 """
 
 from __future__ import annotations
 
+import mmap
+import multiprocessing
 import os
 import struct
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
 import numpy as np
@@ -140,13 +146,78 @@ def decode_workers(n_items: int) -> int:
     return max(1, min(n_items, 8, (os.cpu_count() or 1) * 2))
 
 
-def run_parallel(n_items: int, work: Callable[[int], None]) -> None:
-    """Call ``work(i)`` for every item on a thread pool; the first error (in item order) is raised."""
+def idle_cores() -> int:
+    """Cores this process may use that other programs do not keep busy (affinity minus the 1-minute load
+    average): the one rule for how many worker processes a header pass or a decode may start."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        return max(0, cores - int(os.getloadavg()[0]))
+    except OSError:
+        return cores
+
+
+PROCESS_MIN_FILES = 32  # below this, forking workers costs more than the decode they would share
+
+
+def decode_processes(n_files: int) -> int:
+    """Worker processes for a decode: 1 (threads only) unless at least two cores are idle and the series is
+    big enough; never more than 8 or than the idle cores."""
+    if n_files < PROCESS_MIN_FILES or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    idle = idle_cores()
+    return 1 if idle < 2 else min(idle, 8, n_files // (PROCESS_MIN_FILES // 2))
+
+
+def shared_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array in anonymous shared memory: what a forked worker writes there, the parent
+    sees. Freed when the array (its last view) is."""
+    nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+_FORKED_WORK: Callable[[int], object] | None = None  # set in the parent just before the workers fork
+
+
+def _run_span(span: tuple[int, int]) -> list[object]:
+    results = []
+    for i in range(*span):
+        try:
+            results.append(_FORKED_WORK(i))
+        except Exception as exc:  # raised in the parent, first in item order
+            return results + [_Failed(exc)]
+    return results
+
+
+class _Failed:
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
+def run_parallel(n_items: int, work: Callable[[int], object], processes: int = 1) -> list[object]:
+    """``work(i)`` for every item, results in item order; the first error (in item order) is raised.
+
+    ``processes`` > 1: forked worker processes, each given contiguous spans of items (``work`` must then
+    write its output to shared memory, see :func:`shared_empty`, and return what the parent needs);
+    otherwise a thread pool. If no process can be started, the threads do the work."""
+    if processes > 1:
+        global _FORKED_WORK
+        step = max(1, -(-n_items // (processes * 4)))
+        spans = [(a, min(a + step, n_items)) for a in range(0, n_items, step)]
+        _FORKED_WORK = work
+        try:
+            with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+                results = [r for part in pool.map(_run_span, spans) for r in part]
+        except (OSError, RuntimeError, BrokenProcessPool):
+            results = None
+        finally:
+            _FORKED_WORK = None
+        if results is not None:
+            for r in results:
+                if isinstance(r, _Failed):
+                    raise r.exc
+            return results
     workers = decode_workers(n_items)
     if workers == 1:
-        for i in range(n_items):
-            work(i)
-        return
+        return [work(i) for i in range(n_items)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for future in [pool.submit(work, i) for i in range(n_items)]:
-            future.result()
+        return [future.result() for future in [pool.submit(work, i) for i in range(n_items)]]

@@ -21,7 +21,7 @@ from ..errors import CTSynthError
 from ..volume import CTVolume
 from .dicom_geometry import StackPlan, plan_stack
 from .dicom_headers import BrokenDicomError, NotDicomError, SliceHeader, read_slice_headers
-from .dicom_pixels import decode_frames, decode_stored_values, run_parallel
+from .dicom_pixels import decode_frames, decode_processes, decode_stored_values, run_parallel, shared_empty
 from .dicom_series import DicomSeriesRef, find_dicom_series, name_files, scan_dicom_tree
 
 __all__ = ["DicomSeriesRef", "find_dicom_series", "read_dicom_series"]
@@ -126,11 +126,18 @@ def _decode_hu(headers: list[SliceHeader], dtype: np.dtype | None = None) -> np.
     # writes): each slice is checked as it is decoded and stored as int16, so the whole volume never exists
     # as int32; if one slice does not fit, the volume is decoded again as float32 (rare).
     checked = dtype == np.int32
-    out = np.empty((len(headers), rows, cols), dtype=np.int16 if checked else dtype)
-    overflow: list[int] = []
+    # One unit of work per file: a multi-frame file is decoded once and its frames stored where they belong.
+    by_file: dict[Path, list[int]] = {}
+    for i, h in enumerate(headers):
+        by_file.setdefault(h.path, []).append(i)
+    units = list(by_file.values())
+    processes = decode_processes(len(units))
+    shape, out_dtype = (len(headers), rows, cols), np.dtype(np.int16 if checked else dtype)
+    out = shared_empty(shape, out_dtype) if processes > 1 else np.empty(shape, dtype=out_dtype)
 
-    def store(i: int, raw: np.ndarray | None) -> None:
-        """Stored values -> HU into out[i]; ``raw`` None means: decode slice i here (straight into out[i])."""
+    def store(i: int, raw: np.ndarray | None) -> bool:
+        """Stored values -> HU into out[i]; ``raw`` None means: decode slice i here (straight into out[i]).
+        True if slice i's HU do not fit int16 (only while ``checked``)."""
         h, target = headers[i], out[i]
         if dtype == np.float32:
             raw = decode_stored_values(h) if raw is None else raw
@@ -151,38 +158,29 @@ def _decode_hu(headers: list[SliceHeader], dtype: np.dtype | None = None) -> np.
                 # The range check on the stored values (cheap), then int16 arithmetic, which wraps: right
                 # whenever the final HU fit, as they have just been checked to.
                 if int(raw.min()) + intercept < -32768 or int(raw.max()) + intercept > 32767:
-                    overflow.append(i)
-                    return
+                    return True
                 np.add(raw.view(np.int16) if raw.dtype.itemsize == 2 else raw, np.int16(intercept), out=target,
                        casting="unsafe")
-                return
+                return False
             hu = np.add(raw, np.int32(intercept), dtype=np.int32)
             if checked and (hu.min() < -32768 or hu.max() > 32767):
-                overflow.append(i)
-                return
+                return True
             np.copyto(target, hu, casting="unsafe")
+        return False
 
-    # One unit of work per file: a multi-frame file is decoded once and its frames stored where they belong.
-    by_file: dict[Path, list[int]] = {}
-    for i, h in enumerate(headers):
-        by_file.setdefault(h.path, []).append(i)
-    units = list(by_file.values())
-
-    def work(u: int) -> None:
+    def work(u: int) -> bool:
+        """Decode file ``u``; True if a slice of it overflowed int16. Returns, never appends: in a worker
+        process only the shared output and the return value reach the parent."""
         indices = units[u]
         if headers[indices[0]].frame is None:
-            for i in indices:
-                store(i, None)
-            return
+            return any([store(i, None) for i in indices])
         frames = decode_frames(headers[indices[0]])
         if max(headers[i].frame for i in indices) >= frames.shape[0]:
             raise CTSynthError(f"the pixel data holds {frames.shape[0]} frames, fewer than the header lists",
                                headers[indices[0]].path, "re-export or re-copy this file")
-        for i in indices:
-            store(i, frames[headers[i].frame])
+        return any([store(i, frames[headers[i].frame]) for i in indices])
 
-    run_parallel(len(units), work)
-    if overflow:
+    if any(run_parallel(len(units), work, processes=processes)):
         del out
         return _decode_hu(headers, np.dtype(np.float32))
     return out

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import CTSynthError
 from .dicom_headers import BrokenDicomError, NotDicomError, SliceHeader, looks_like_ct, read_slice_headers
+from .dicom_pixels import idle_cores
 
 _ORIENTATION_TOL = 5e-3  # direction cosines closer than this (about 0.3 degrees) count as the same plane
 _MAX_NAMES = 5
@@ -195,15 +196,11 @@ def _parse_chunk(paths: list[Path]) -> list[tuple[str, object]]:
 
 
 def header_workers(n_files: int) -> int:
-    """Processes for the header pass: parsing is pure Python (GIL-bound), so threads would not help."""
+    """Processes for the header pass: parsing is pure Python (GIL-bound), so threads would not help; cores
+    other programs keep busy do not pay for the processes' start and the results' transfer."""
     if n_files < PARALLEL_MIN_FILES or "fork" not in multiprocessing.get_all_start_methods():
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:  # cores other programs keep busy do not pay for the processes' start and the results' transfer
-        idle = cores - int(os.getloadavg()[0])
-    except OSError:
-        idle = cores
-    return max(1, min(idle, 8, n_files // (PARALLEL_MIN_FILES // 2)))
+    return max(1, min(idle_cores(), 8, n_files // (PARALLEL_MIN_FILES // 2)))
 
 
 def _read_headers(paths: list[Path]) -> tuple[list[Path], list[tuple[str, object]]]:
@@ -236,6 +233,39 @@ def _read_headers(paths: list[Path]) -> tuple[list[Path], list[tuple[str, object
         bar.close()
 
 
+# Per-file fields: everything else in a SliceHeader is (nearly always) the same for every file of a series.
+_PER_FILE = {"path", "position", "instance_number", "pixel_offset", "encapsulated_offset", "frame", "rows",
+             "columns", "frames", "samples_per_pixel", "bits_allocated", "bits_stored", "pixel_representation",
+             "has_rescale", "has_pixels", "explicit_vr"}
+
+
+class _SharedValues:
+    """One object per distinct header value across a scan, so 100,000 headers hold about 100,000 positions
+    and paths plus one copy of each series' UIDs, descriptions, kernel, orientation and spacing, rather than
+    a copy of each per file (every parse, and every header a worker process sends back, makes new objects;
+    about half the memory of a big tree's headers was those copies). The values are immutable (strings,
+    tuples, floats, and orientation arrays nothing writes to), so sharing them changes no result."""
+
+    def __init__(self) -> None:
+        self._pool: dict[tuple, object] = {}
+        self._fields = [f for f in SliceHeader.__slots__ if f not in _PER_FILE]
+
+    def compact(self, header: SliceHeader, path: Path) -> None:
+        if header.path == path:
+            header.path = path  # the walk's own object (a worker's header carries an unpickled copy)
+        pool = self._pool
+        for name in self._fields:
+            value = getattr(header, name)
+            if value is None:
+                continue
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
+                key = (name, value.dtype.str, value.tobytes())
+            else:
+                key = (name, type(value), value)
+            setattr(header, name, pool.setdefault(key, value))
+
+
 def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
     """Walk ``root`` once; the shared engine behind `find_dicom_series` and `read_dicom_series`."""
     root = Path(root)
@@ -248,6 +278,7 @@ def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
     groups: dict[str, list[SliceHeader]] = {}
     synthetic_keys: set[str] = set()
     n_dicom = 0
+    shared = _SharedValues()
     for path, (status, file_headers) in zip(*_read_headers(_walk_files(root))):
         if status == "not":
             not_dicom.append(path)
@@ -260,6 +291,7 @@ def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
             continue
         n_dicom += 1
         for header in file_headers:
+            shared.compact(header, path)
             key, synthetic = _group_key(header)
             if synthetic:
                 synthetic_keys.add(key)
