@@ -209,6 +209,15 @@ def _read_headers(paths: list[Path]) -> tuple[list[Path], list[tuple[str, object
     from tqdm import tqdm
 
     workers = header_workers(len(paths))
+    shared = _SharedValues()
+
+    def compacted(path: Path, result: tuple[str, object]) -> tuple[str, object]:
+        # As each result arrives, not after the pass: the per-file copies never pile up.
+        if result[0] == "ok" and result[1]:
+            for header in result[1]:
+                shared.compact(header, path)
+        return result
+
     # A progress bar on a terminal for big trees (100,000 files take minutes); nothing in logs or tests.
     bar = tqdm(total=len(paths), desc="DICOM headers", unit="file", leave=False, file=sys.stderr,
                disable=None if len(paths) >= 1000 else True)
@@ -216,18 +225,18 @@ def _read_headers(paths: list[Path]) -> tuple[list[Path], list[tuple[str, object
         if workers == 1:
             results = []
             for p in paths:
-                results.append(_parse_one(p))
+                results.append(compacted(p, _parse_one(p)))
                 bar.update()
             return paths, results
         chunks = [paths[i:i + 256] for i in range(0, len(paths), 256)]
         parts = []
         try:
             with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                for part in pool.map(_parse_chunk, chunks):
-                    parts.append(part)
+                for chunk, part in zip(chunks, pool.map(_parse_chunk, chunks)):
+                    parts.append([compacted(p, r) for p, r in zip(chunk, part)])
                     bar.update(len(part))
         except (OSError, RuntimeError, BrokenProcessPool):  # no processes to be had: do it here
-            return paths, [_parse_one(p) for p in paths]
+            return paths, [compacted(p, _parse_one(p)) for p in paths]
         return paths, [r for part in parts for r in part]
     finally:
         bar.close()
@@ -278,7 +287,6 @@ def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
     groups: dict[str, list[SliceHeader]] = {}
     synthetic_keys: set[str] = set()
     n_dicom = 0
-    shared = _SharedValues()
     for path, (status, file_headers) in zip(*_read_headers(_walk_files(root))):
         if status == "not":
             not_dicom.append(path)
@@ -291,7 +299,6 @@ def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
             continue
         n_dicom += 1
         for header in file_headers:
-            shared.compact(header, path)
             key, synthetic = _group_key(header)
             if synthetic:
                 synthetic_keys.add(key)
