@@ -334,7 +334,7 @@ def _dicom_studies(root: Path, candidates: list[Path], notes: list[str], rules: 
     series_notes = {n for ref in refs for n in getattr(ref, "notes", [])}
     other_notes = [n for n in dicom_notes if "non-DICOM file(s)" not in n]
     notes.extend(n for n in other_notes if n not in series_notes)
-    in_series = {Path(f) for ref in refs + scan.set_aside for f in ref.files}
+    in_series = {f for ref in refs + scan.set_aside for f in ref.files}  # Paths already: no second copy
     unused = [p for p in candidates if p not in in_series
               and not any(_rel(p, root) in note for note in other_notes)]
     if unused:
