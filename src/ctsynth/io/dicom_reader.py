@@ -17,11 +17,12 @@ import numpy as np
 from pydicom.uid import UID
 from scipy import ndimage
 
-from ..errors import CTSynthError
+from ..errors import CTSynthError, reader_boundary
 from ..volume import CTVolume
 from .dicom_geometry import StackPlan, plan_stack
 from .dicom_headers import BrokenDicomError, NotDicomError, SliceHeader, read_slice_headers
 from .dicom_pixels import decode_frames, decode_stored_values, run_parallel
+from .plausible import check_volume
 from .dicom_series import DicomSeriesRef, find_dicom_series, name_files, scan_dicom_tree
 
 __all__ = ["DicomSeriesRef", "find_dicom_series", "read_dicom_series"]
@@ -230,19 +231,40 @@ def _meta(headers: list[SliceHeader], plan: StackPlan, n_files: int, notes: list
     return meta
 
 
+def _with_skipped(error: CTSynthError, notes: list[str]) -> CTSynthError:
+    """A geometry refusal (a gap, uneven steps) that also names the files skipped on the way: a slice that
+    seems missing is often a file of the series that was skipped (another SeriesInstanceUID, no position)."""
+    skipped = [n for n in notes if n.startswith(("skipped", "unreadable"))]
+    if not skipped:
+        return error
+    return CTSynthError(f"{error.problem}; note: {'; '.join(skipped[:3])}", error.path, error.fix)
+
+
 def read_dicom_series(source: Path | str | DicomSeriesRef, series_uid: str | None = None) -> CTVolume:
     """Read one CT series (a folder, a file, or a `DicomSeriesRef`) into a `CTVolume` in HU.
 
     ``series_uid`` picks one series when a folder holds several. Raises `CTSynthError` for anything that
-    cannot be read honestly; everything it fixed or skipped on the way is listed in ``meta["notes"]``.
+    cannot be read honestly (and nothing else: see `reader_boundary`); everything it fixed or skipped on the
+    way is listed in ``meta["notes"]``.
     """
+    where = source.folder if isinstance(source, DicomSeriesRef) else source
+    with reader_boundary(where, "DICOM series"):
+        volume = _read_dicom_series(source, series_uid)
+    return check_volume(volume, where, "re-export the series; its slice positions or spacing are not a CT grid")
+
+
+def _read_dicom_series(source: Path | str | DicomSeriesRef, series_uid: str | None) -> CTVolume:
     if isinstance(source, DicomSeriesRef):
         ref, scan_notes = source, []
     else:
         ref, scan_notes = _select_series(Path(source), series_uid)
     headers = _headers_of(ref)
-    notes = list(dict.fromkeys(scan_notes + ref.notes))
-    plan = plan_stack(headers, ref.folder)
+    notes = list(dict.fromkeys(scan_notes + ref.notes + [f"{name_files([h.path], ref.folder)}: {n}" for h in headers
+                                                         for n in h.notes]))
+    try:
+        plan = plan_stack(headers, ref.folder)
+    except CTSynthError as exc:
+        raise _with_skipped(exc, notes) from exc
     notes.extend(plan.notes)
     hu = _decode_hu(plan.headers)
     hu = _resolve_duplicates(hu, plan, ref.folder, notes)

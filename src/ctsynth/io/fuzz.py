@@ -470,10 +470,35 @@ def _plausible(volume: CTVolume) -> str | None:
     return None
 
 
+class _PrintedRecords(logging.Handler):
+    """Collects the log records a user would see: those that reach a real handler (or logging's last resort)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.printed: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        shown = False
+        found_any = False
+        while logger is not None:
+            for handler in logger.handlers:
+                if handler is self:
+                    continue
+                found_any = True
+                if not isinstance(handler, logging.NullHandler) and record.levelno >= handler.level:
+                    shown = True
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        if shown or (not found_any and record.levelno >= logging.WARNING):
+            self.printed.append(record.getMessage())
+
+
 def classify(case: Case, read: Callable[[Path], CTVolume]) -> Result:
     """Read ``case.source`` with ``read`` and sort the result into an outcome (see the module docstring)."""
     stderr = io.StringIO()
-    handler = logging.StreamHandler(stderr)
+    handler = _PrintedRecords()
     root_logger = logging.getLogger()
     root_logger.addHandler(handler)
     try:
@@ -487,7 +512,8 @@ def classify(case: Case, read: Callable[[Path], CTVolume]) -> Result:
                 return Result(case, "traceback", traceback.format_exc(limit=-3))
     finally:
         root_logger.removeHandler(handler)
-    leaked = [str(w.message) for w in caught] + ([stderr.getvalue()] if stderr.getvalue().strip() else [])
+    leaked = [str(w.message) for w in caught] + handler.printed + \
+        ([stderr.getvalue()] if stderr.getvalue().strip() else [])
     hu = np.asarray(volume.hu)
     if hu.dtype.kind == "f" and not np.all(np.isfinite(hu)):
         return Result(case, "nonfinite_hu", f"{int((~np.isfinite(hu)).sum())} voxels")
@@ -538,7 +564,7 @@ def run_case(index: int, seed: int, fmt: str | None = None, work: Path | None = 
             from .dicom_reader import read_dicom_series
 
             direct = classify(case, read_dicom_series)
-            if direct.outcome == "clean_error":
+            if direct.outcome in ("clean_error", "noted"):
                 return Result(case, "discovery_owned", f"{result.outcome}: {result.detail[:150]}")
         return result
     finally:
