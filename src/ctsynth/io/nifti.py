@@ -11,18 +11,16 @@ series, which the models and the lung-box crop rely on. Oblique (rotated) direct
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import warnings
 import zlib
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from ..errors import CTSynthError, reader_boundary
 from ..volume import CTVolume
 from .atomic import atomic_file
+from .library_messages import collect_messages
 from .plausible import check_volume, spacing_problem
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -86,31 +84,6 @@ def reorient_to_lps(volume: CTVolume) -> CTVolume:
         source=volume.source,
         meta=dict(volume.meta),
     )
-
-
-@contextlib.contextmanager
-def _nibabel_messages() -> Iterator[list[str]]:
-    """Collect what nibabel says while it reads (its header fixes are logged to stderr by default, and some
-    are warnings) so the reader can judge them and report them as notes or errors, by file."""
-    import logging
-
-    messages: list[str] = []
-
-    class _Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            messages.append(record.getMessage())
-
-    logger = logging.getLogger("nibabel.global")
-    saved = logger.handlers[:], logger.propagate
-    logger.handlers[:] = [_Collect()]
-    logger.propagate = False
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield messages
-        messages.extend(str(w.message) for w in caught)
-    finally:
-        logger.handlers[:], logger.propagate = saved
 
 
 def _raw_header(path: Path, block: bytes):
@@ -221,7 +194,7 @@ def read_nifti(path: str | Path, *, reorient: bool = True) -> CTVolume:
     volume is accepted; more volumes, fewer than 3 dimensions, or NaN/inf voxels are refused.
     """
     path = Path(path)
-    with reader_boundary(path, "NIfTI file"), _nibabel_messages() as messages:
+    with reader_boundary(path, "NIfTI file"), collect_messages("nibabel", "nibabel.global") as messages:
         volume = _read_nifti(path)
     if messages:
         volume.meta["notes"] = volume.meta["notes"] + [f"nibabel: {m}" for m in dict.fromkeys(messages)]
