@@ -170,7 +170,8 @@ def write_dicom_series(volume: CTVolume, folder: Path, *, overwrite: bool = Fals
     positions = volume.slice_positions_lps()
     normal = np.cross(volume.direction[:, 0], volume.direction[:, 1])
     n_digits = max(5, len(str(volume.shape[0])))
-    with atomic_dir(folder, overwrite=overwrite) as tmp:
+    needed = volume.shape[0] * (volume.shape[1] * volume.shape[2] * 2 + 2048)  # pixels + header per slice
+    with atomic_dir(folder, overwrite=overwrite, needed_bytes=needed) as tmp:
         for k in range(volume.shape[0]):
             # A fresh dataset per slice (pydicom copies share their elements, so no copying of a template).
             ds = _base_dataset(volume, study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid,

@@ -308,6 +308,6 @@ def write_nifti(volume: CTVolume, path: str | Path, *, overwrite: bool = False) 
     image.header.set_xyzt_units("mm", "sec")
     image.header.set_slope_inter(1.0, 0.0)
     image.header["descrip"] = b"ctsynth"
-    with atomic_file(path) as tmp:
+    with atomic_file(path, needed_bytes=data.nbytes + 352) as tmp:  # uncompressed size: an upper bound
         nib.save(image, str(tmp))
     return path

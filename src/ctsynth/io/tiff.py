@@ -368,7 +368,8 @@ def write_tiff_slices(volume: CTVolume, folder: str | Path, *, offset: float = D
         "direction": np.asarray(volume.direction).tolist(),
         "shape_zyx": list(volume.shape),
     }
-    with atomic_dir(folder, overwrite=overwrite) as tmp:
+    needed = volume.shape[0] * (volume.shape[1] * volume.shape[2] * 2 + 512) + 4096
+    with atomic_dir(folder, overwrite=overwrite, needed_bytes=needed) as tmp:
         for k in range(volume.shape[0]):
             stored, n_clipped = stored_slice(k)
             clipped += n_clipped
