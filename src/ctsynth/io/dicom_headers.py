@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,8 @@ import pydicom
 from pydicom.multival import MultiValue
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from .library_messages import collect_messages
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -378,13 +379,12 @@ def _parse_header(path: Path) -> tuple[SliceHeader, pydicom.Dataset] | None:
     try:
         # pydicom warns (instead of raising) about elements running past the end of the file and about an
         # encoding that differs from the transfer syntax; both are handled below, so they stay quiet here.
-        with warnings.catch_warnings(record=True) as caught, open(path, "rb") as fh:
-            warnings.simplefilter("always")
+        with collect_messages("pydicom") as messages, open(path, "rb") as fh:
             ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
             end_of_header = fh.tell()
             next_tag = fh.read(4)
             file_size = fh.seek(0, 2)
-            if any("End of file" in str(w.message) for w in caught):
+            if any("End of file" in m for m in messages):
                 raise BrokenDicomError(f"the file ends after {file_size} bytes, inside its header")
             # Values are converted lazily; invalid ones warn here (and are judged by the checks below).
             return _header_from_dataset(path, ds, marker, end_of_header, next_tag)

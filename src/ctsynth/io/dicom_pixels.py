@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
@@ -21,6 +20,7 @@ import pydicom
 
 from ..errors import CTSynthError
 from .dicom_headers import SliceHeader
+from .library_messages import collect_messages
 
 _LONG_LENGTH_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"UC", b"UR", b"SQ", b"SV", b"UV"}
 _INSTALL_FIX = ("install the decoders: pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg, "
@@ -207,11 +207,10 @@ def decode_workers(n_items: int) -> int:
 def run_parallel(n_items: int, work: Callable[[int], None]) -> None:
     """Call ``work(i)`` for every item on a thread pool; the first error (in item order) is raised."""
     workers = decode_workers(n_items)
-    with warnings.catch_warnings():
+    with collect_messages("pydicom"):
         # pydicom's decoders warn about what the checks here refuse or accept on purpose (a compressed frame
         # as long as the raw one, trailing bytes); the user gets errors and notes, not library warnings.
         # Set once here, in the calling thread, around all workers (warning filters are process-wide).
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
         if workers == 1:
             for i in range(n_items):
                 work(i)

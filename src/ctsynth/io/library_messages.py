@@ -27,8 +27,9 @@ class _Collect(logging.Handler):
 def collect_messages(*logger_names: str) -> Iterator[list[str]]:
     """Yield a list that fills with the log records of ``logger_names`` and the warnings raised inside.
 
-    The loggers' own handlers are set aside for the duration (warning filters and logger handlers are
-    process-wide: use it around single-threaded reads).
+    The list fills as the messages happen. The loggers' own handlers are set aside for the duration
+    (warning filters and logger handlers are process-wide: enter it in one thread, around the whole read,
+    not in each worker thread).
     """
     messages: list[str] = []
     saved = []
@@ -38,10 +39,10 @@ def collect_messages(*logger_names: str) -> Iterator[list[str]]:
         logger.handlers[:] = [_Collect(messages)]
         logger.propagate = False
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings():
             warnings.simplefilter("always")
+            warnings.showwarning = lambda message, *args, **kwargs: messages.append(str(message))
             yield messages
-        messages.extend(str(w.message) for w in caught)
     finally:
         for logger, handlers, propagate in saved:
             logger.handlers[:] = handlers
