@@ -22,7 +22,7 @@ from ..volume import CTVolume
 from .dicom_geometry import StackPlan, plan_stack
 from .dicom_headers import BrokenDicomError, NotDicomError, SliceHeader, read_slice_headers
 from .dicom_pixels import decode_frames, decode_stored_values, run_parallel
-from .plausible import check_volume
+from .plausible import check_volume, spacing_problem
 from .dicom_series import DicomSeriesRef, find_dicom_series, name_files, scan_dicom_tree
 
 __all__ = ["DicomSeriesRef", "find_dicom_series", "read_dicom_series"]
@@ -266,6 +266,10 @@ def _read_dicom_series(source: Path | str | DicomSeriesRef, series_uid: str | No
     except CTSynthError as exc:
         raise _with_skipped(exc, notes) from exc
     notes.extend(plan.notes)
+    problem = spacing_problem([plan.z_step], "the step between slice positions")
+    if problem:  # every step is this large (or small): name the files whose positions say so
+        raise CTSynthError(f"{problem} ({name_files([h.path for h in plan.headers], ref.folder)})", ref.folder,
+                           "check ImagePositionPatient in these files, or re-export the series")
     hu = _decode_hu(plan.headers)
     hu = _resolve_duplicates(hu, plan, ref.folder, notes)
     if plan.shifts_px is not None:
