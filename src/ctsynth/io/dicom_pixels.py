@@ -136,7 +136,8 @@ def _read_with_pydicom(header: SliceHeader, multi_frame: bool = False) -> np.nda
         syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
         if syntax is not None and syntax.is_transfer_syntax and not syntax.is_encapsulated:
             # pydicom would warn and trim pixel data longer than the header says: refuse it instead.
-            problem = _length_problem(header, len(ds.PixelData or b""), header.frames if multi_frame else 1)
+            frames = int(ds.get("NumberOfFrames", 1) or 1) if multi_frame else 1  # frame headers say 1 each
+            problem = _length_problem(header, len(ds.PixelData or b""), frames)
             if problem is not None:
                 raise CTSynthError(problem, header.path, "re-export or re-copy this file")
         arr = ds.pixel_array
