@@ -246,3 +246,23 @@ def test_tiff_sidecar_with_bad_values_is_refused_by_name(tmp_path: Path, key: st
     with pytest.raises(CTSynthError) as err:
         read_tiff_slices(folder)
     assert "ctsynth_tiff.json" in str(err.value)
+
+
+def test_hu_beyond_a_million_are_refused_by_file(tmp_path: Path) -> None:
+    folder, files = _series(tmp_path)
+    _set(files[1], "RescaleSlope", b"999")  # within the slope range, but bone at 1200 stored -> 1.2 million HU
+    _refused(folder, files[1], "not Hounsfield units")
+
+    def huge_scaling(header) -> None:
+        header["scl_slope"] = 1e30
+
+    from ctsynth.volume import CTVolume
+
+    path = write_nifti(CTVolume(hu=np.full((2, 3, 4), 40, np.int16), spacing_mm=(2.5, 0.7, 0.7)), tmp_path / "s.nii")
+    data = bytearray(path.read_bytes())
+    header = nib.Nifti1Header.from_fileobj(__import__("io").BytesIO(bytes(data[:348])), check=False)
+    huge_scaling(header)
+    data[:348] = header.binaryblock
+    path.write_bytes(bytes(data))
+    with pytest.raises(CTSynthError, match="not Hounsfield units"):
+        read_nifti(path)

@@ -22,7 +22,7 @@ from ..volume import CTVolume
 from .dicom_geometry import StackPlan, plan_stack
 from .dicom_headers import BrokenDicomError, NotDicomError, SliceHeader, read_slice_headers
 from .dicom_pixels import decode_frames, decode_stored_values, run_parallel
-from .plausible import check_volume, spacing_problem
+from .plausible import check_volume, hu_range_problem, spacing_problem
 from .dicom_series import DicomSeriesRef, find_dicom_series, name_files, scan_dicom_tree
 
 __all__ = ["DicomSeriesRef", "find_dicom_series", "read_dicom_series"]
@@ -126,6 +126,11 @@ def _decode_hu(headers: list[SliceHeader]) -> np.ndarray:
         else:
             raw = decode_stored_values(h) if raw is None else raw
             np.add(raw, np.int32(h.intercept), out=target, casting="unsafe")
+        if dtype != np.int16:
+            problem = hu_range_problem(target)
+            if problem:
+                raise CTSynthError(f"{problem} after RescaleSlope {h.slope:g} and RescaleIntercept {h.intercept:g}",
+                                   h.path, "check this file's rescale tags and pixel data, or re-export it")
 
     # One unit of work per file: a multi-frame file is decoded once and its frames stored where they belong.
     by_file: dict[Path, list[int]] = {}

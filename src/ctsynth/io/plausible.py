@@ -19,6 +19,7 @@ from ..volume import CTVolume
 
 SPACING_RANGE_MM = (0.05, 50.0)  # voxel sizes outside this are not a CT scan (micro-CT starts near 0.05 mm)
 MAX_COORDINATE_MM = 1e5  # no patient position is 100 m from the scanner's origin
+MAX_ABS_HU = 1e6  # CT spans about -1024..+30000 HU (metal); a million means the rescale or the scaling is wrong
 ORTHONORMAL_TOL = 1e-2  # direction cosines: unit length and perpendicular to 1 % (rounded headers pass)
 
 
@@ -61,6 +62,19 @@ def check_volume(volume: CTVolume, path: str | Path, fix: str) -> CTVolume:
         bad = int(np.count_nonzero(~np.isfinite(volume.hu)))
         if bad:
             problem = f"{bad} voxels are NaN or infinite"
+    if problem is None:
+        problem = hu_range_problem(volume.hu)
     if problem is not None:
         raise CTSynthError(problem, path, fix)
     return volume
+
+
+def hu_range_problem(hu: np.ndarray) -> str | None:
+    """Why ``hu`` cannot be Hounsfield units (values beyond +-MAX_ABS_HU), or None. int16 always passes."""
+    hu = np.asarray(hu)
+    if hu.size == 0 or hu.dtype in (np.int16, np.uint8, np.int8):
+        return None
+    lo, hi = float(np.min(hu)), float(np.max(hu))
+    if lo < -MAX_ABS_HU or hi > MAX_ABS_HU:
+        return f"values {lo:.4g}..{hi:.4g} are not Hounsfield units (beyond +-{MAX_ABS_HU:g})"
+    return None
