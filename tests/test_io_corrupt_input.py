@@ -266,3 +266,15 @@ def test_hu_beyond_a_million_are_refused_by_file(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(CTSynthError, match="not Hounsfield units"):
         read_nifti(path)
+
+
+def test_values_of_other_modalities_do_not_stop_the_ct_series(tmp_path: Path) -> None:
+    """A PET series (slope 2e-5, outside the CT range) beside a CT series: skipped with a note, not 'broken'."""
+    from test_dicom_support import edit
+
+    write_series(synthetic_volume(shape=(3, 8, 8)), tmp_path / "ct")
+    for f in write_series(synthetic_volume(shape=(2, 8, 8), seed=2), tmp_path / "pet"):
+        edit(f, lambda ds: (setattr(ds, "Modality", "PT"), setattr(ds, "RescaleSlope", "0.00002"),
+                            setattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.128")))
+    volume = read_dicom_series(tmp_path)
+    assert volume.shape == (3, 8, 8) and any("modality PT" in n for n in volume.meta["notes"])

@@ -191,18 +191,6 @@ def _text(value) -> str:
     return str(value).strip()
 
 
-def _vector(value, n: int) -> np.ndarray | None:
-    if isinstance(value, str):
-        value = value.split("\\")
-    try:
-        if value is None or len(value) != n:
-            return None
-        out = np.array([float(v) for v in value], dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    return out if np.all(np.isfinite(out)) else None
-
-
 def read_slice_headers(path: Path) -> list[SliceHeader] | None:
     """One header per image in the file: one for a classic CT slice, one per frame for Enhanced CT."""
     parsed = _parse_header(Path(path))
@@ -213,13 +201,17 @@ def read_slice_headers(path: Path) -> list[SliceHeader] | None:
         try:
             frames = _frame_headers(header, ds)
         except BrokenDicomError:
+            if not looks_like_ct(header):
+                return [header]  # not CT: skipped with a note either way, its frames are not judged
             raise
         except Exception as exc:  # noqa: BLE001 - any failure inside corrupt functional groups
             raise BrokenDicomError(f"unreadable per-frame functional groups ({type(exc).__name__}: {exc})") from exc
         for frame in frames:
-            check_header_values(frame)
+            if looks_like_ct(frame):
+                check_header_values(frame)
         return frames
-    check_header_values(header)
+    if looks_like_ct(header):  # other modalities are skipped with a note; their values are not judged
+        check_header_values(header)
     return [header]
 
 
@@ -275,6 +267,18 @@ def _frame_headers(header: SliceHeader, ds: pydicom.Dataset) -> list[SliceHeader
             has_rescale=header.has_rescale or (rescale is not None and "RescaleIntercept" in rescale),
         ))
     return out
+
+
+def _lenient(parse):
+    """The same parser, but a malformed value reads as absent: for files that are not CT (other modalities
+    are skipped with a note, and a PET slope of 2e-5 or an odd MR header must not stop a CT series beside
+    them from being read)."""
+    def parse_or_absent(value, *args):
+        try:
+            return parse(value, *args)
+        except BrokenDicomError:
+            return args[-1] if parse is _strict_number else None
+    return parse_or_absent
 
 
 def _strict_number(value, name: str, default: float | None) -> float | None:
@@ -429,12 +433,15 @@ def _header_from_dataset(path: Path, ds: pydicom.Dataset, marker: bool, end_of_h
         if sop_class in _IMAGE_SOP_CLASSES or media_class in _IMAGE_SOP_CLASSES or "Rows" in ds or len(ds) == 0:
             raise BrokenDicomError(f"the file ends after {end_of_header} bytes, before its pixel data")
     native = transfer_syntax in _NATIVE_LITTLE_ENDIAN
+    modality = _text(_ascii(ds, "Modality")).upper()
+    number, vector = (_strict_number, _strict_vector) if modality in ("CT", "") else \
+        (_lenient(_strict_number), _lenient(_strict_vector))
     if has_pixels and str(ds.get("SOPClassUID", "") or media_class) == CT_IMAGE_STORAGE:
         for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
             if _ascii(ds, keyword) == "":  # present but empty: required (type 1) in every CT image
                 raise BrokenDicomError(f"{keyword} is empty (a CT image must have it)")
     image_type = tuple(v.strip() for v in (_ascii(ds, "ImageType") or "").split("\\") if v.strip())
-    spacing = _strict_vector(_ascii(ds, "PixelSpacing"), 2, "PixelSpacing")
+    spacing = vector(_ascii(ds, "PixelSpacing"), 2, "PixelSpacing")
     representation = _binary_int(ds, "PixelRepresentation")
     bits_allocated = _int(_binary_int(ds, "BitsAllocated"), 16)
     bits_stored = _int(_binary_int(ds, "BitsStored"), None)
@@ -443,11 +450,11 @@ def _header_from_dataset(path: Path, ds: pydicom.Dataset, marker: bool, end_of_h
         series_uid=_text(_ascii(ds, "SeriesInstanceUID")),
         frame_of_reference=_text(_ascii(ds, "FrameOfReferenceUID")),
         series_number=_finite_text(_text(_ascii(ds, "SeriesNumber"))),
-        modality=_text(_ascii(ds, "Modality")).upper(),
+        modality=modality,
         sop_class=_text(_ascii(ds, "SOPClassUID")) or media_class,
         image_type=image_type,
-        position=_strict_vector(_ascii(ds, "ImagePositionPatient"), 3, "ImagePositionPatient"),
-        orientation=_strict_vector(_ascii(ds, "ImageOrientationPatient"), 6, "ImageOrientationPatient"),
+        position=vector(_ascii(ds, "ImagePositionPatient"), 3, "ImagePositionPatient"),
+        orientation=vector(_ascii(ds, "ImageOrientationPatient"), 6, "ImageOrientationPatient"),
         pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
         rows=_int(_binary_int(ds, "Rows"), 0) or 0,
         columns=_int(_binary_int(ds, "Columns"), 0) or 0,
@@ -457,8 +464,8 @@ def _header_from_dataset(path: Path, ds: pydicom.Dataset, marker: bool, end_of_h
         bits_allocated=16 if bits_allocated is None else bits_allocated,
         bits_stored=(16 if bits_allocated is None else bits_allocated) if bits_stored is None else bits_stored,
         pixel_representation=0 if representation is None else representation,
-        slope=_strict_number(_ascii(ds, "RescaleSlope"), "RescaleSlope", 1.0),
-        intercept=_strict_number(_ascii(ds, "RescaleIntercept"), "RescaleIntercept", 0.0),
+        slope=number(_ascii(ds, "RescaleSlope"), "RescaleSlope", 1.0),
+        intercept=number(_ascii(ds, "RescaleIntercept"), "RescaleIntercept", 0.0),
         has_rescale="RescaleIntercept" in ds,
         has_pixels=has_pixels,
         transfer_syntax=transfer_syntax,
