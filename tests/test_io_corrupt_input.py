@@ -278,3 +278,16 @@ def test_values_of_other_modalities_do_not_stop_the_ct_series(tmp_path: Path) ->
                             setattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.128")))
     volume = read_dicom_series(tmp_path)
     assert volume.shape == (3, 8, 8) and any("modality PT" in n for n in volume.meta["notes"])
+
+
+@pytest.mark.parametrize("fmt", ["nifti", "dicom", "tiff"])
+def test_no_writer_stores_non_finite_hu(tmp_path: Path, fmt: str) -> None:
+    from ctsynth.io.write import write_volume
+    from ctsynth.volume import CTVolume
+
+    hu = np.zeros((2, 4, 4), np.float32)
+    hu[1, 2, 3] = np.inf
+    target = tmp_path / ("out.nii.gz" if fmt == "nifti" else "out")
+    with pytest.raises(CTSynthError, match="NaN or infinite HU"):
+        write_volume(CTVolume(hu=hu, spacing_mm=(1.0, 1.0, 1.0)), target, fmt)
+    assert list(tmp_path.iterdir()) == []

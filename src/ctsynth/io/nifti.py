@@ -21,7 +21,7 @@ from ..errors import CTSynthError, reader_boundary
 from ..volume import CTVolume
 from .atomic import atomic_file
 from .library_messages import collect_messages
-from .plausible import check_volume, spacing_problem
+from .plausible import check_finite_hu, check_volume, spacing_problem
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -298,6 +298,7 @@ def write_nifti(volume: CTVolume, path: str | Path, *, overwrite: bool = False) 
                            "remove it, choose another name, or pass --overwrite")
     if path.is_dir():
         raise CTSynthError("the output is a folder, not a file name", path, "give a file name ending in .nii.gz")
+    check_finite_hu(volume.hu, path)
     data = np.ascontiguousarray(np.transpose(hu_to_int16(volume.hu), (2, 1, 0)))
     affine = nifti_affine(volume)
     header = nib.Nifti1Header()

@@ -78,3 +78,15 @@ def hu_range_problem(hu: np.ndarray) -> str | None:
     if lo < -MAX_ABS_HU or hi > MAX_ABS_HU:
         return f"values {lo:.4g}..{hi:.4g} are not Hounsfield units (beyond +-{MAX_ABS_HU:g})"
     return None
+
+
+def check_finite_hu(hu: np.ndarray, path: str | Path) -> None:
+    """Writers: refuse NaN or infinite HU before anything is written (int16 storage would turn them into
+    0 or +-32767, values that look like tissue or metal)."""
+    hu = np.asarray(hu)
+    if hu.dtype.kind != "f":
+        return
+    bad = sum(int(np.count_nonzero(~np.isfinite(hu[k]))) for k in range(hu.shape[0]))  # no full-size mask
+    if bad:
+        raise CTSynthError(f"the volume holds {bad} NaN or infinite HU values; nothing was written", path,
+                           "replace them (e.g. with -1024) before writing")

@@ -27,7 +27,7 @@ from ..volume import CTVolume
 from .atomic import atomic_dir
 from .csv_table import read_csv_table
 from .library_messages import collect_messages
-from .plausible import MAX_COORDINATE_MM, check_volume, direction_problem, spacing_problem
+from .plausible import MAX_COORDINATE_MM, check_finite_hu, check_volume, direction_problem, spacing_problem
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 SIDECAR_NAME = "ctsynth_tiff.json"
@@ -350,6 +350,7 @@ def write_tiff_slices(volume: CTVolume, folder: str | Path, *, offset: float = D
     import tifffile
 
     folder = Path(folder)
+    check_finite_hu(volume.hu, folder)
 
     def stored_slice(k: int) -> tuple[np.ndarray, int]:
         values = np.rint(np.asarray(volume.hu[k], dtype=np.float64) - offset)
