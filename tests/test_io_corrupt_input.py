@@ -6,6 +6,7 @@ element walker, so values pydicom itself would refuse to write ("abc" in a DS) c
 
 from __future__ import annotations
 
+import io
 import struct
 import warnings
 from pathlib import Path
@@ -151,12 +152,14 @@ def test_absurd_slice_step_is_refused(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------- NIfTI
 
 
-def _nifti_with(tmp_path: Path, change) -> Path:
+def _nifti_with(tmp_path: Path, change, fill: int = 0) -> Path:
+    """A small .nii whose stored header ``change`` edits in place (no nibabel repairs on the way)."""
     from ctsynth.volume import CTVolume
 
-    path = write_nifti(CTVolume(hu=np.zeros((4, 5, 6), np.int16), spacing_mm=(2.5, 0.7, 0.7)), tmp_path / "ct.nii")
+    path = write_nifti(CTVolume(hu=np.full((4, 5, 6), fill, np.int16), spacing_mm=(2.5, 0.7, 0.7)),
+                       tmp_path / "ct.nii")
     data = bytearray(path.read_bytes())
-    header = nib.Nifti1Header.from_fileobj(__import__("io").BytesIO(bytes(data[:348])), check=False)
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(bytes(data[:348])), check=False)
     change(header)
     data[:348] = header.binaryblock
     path.write_bytes(bytes(data))
@@ -256,14 +259,7 @@ def test_hu_beyond_a_million_are_refused_by_file(tmp_path: Path) -> None:
     def huge_scaling(header) -> None:
         header["scl_slope"] = 1e30
 
-    from ctsynth.volume import CTVolume
-
-    path = write_nifti(CTVolume(hu=np.full((2, 3, 4), 40, np.int16), spacing_mm=(2.5, 0.7, 0.7)), tmp_path / "s.nii")
-    data = bytearray(path.read_bytes())
-    header = nib.Nifti1Header.from_fileobj(__import__("io").BytesIO(bytes(data[:348])), check=False)
-    huge_scaling(header)
-    data[:348] = header.binaryblock
-    path.write_bytes(bytes(data))
+    path = _nifti_with(tmp_path, huge_scaling, fill=40)
     with pytest.raises(CTSynthError, match="not Hounsfield units"):
         read_nifti(path)
 

@@ -25,6 +25,7 @@ Used by ``tests/test_fuzz_readers.py`` (a few hundred cases) and ``benchmarks/fu
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import json
 import logging
@@ -366,13 +367,13 @@ def _nifti_case(index: int, rng: np.random.Generator, root: Path) -> Case:
     kind = str(rng.choice(["header", "header", "header", "truncate", "flip", "flip_header"]))
     data = path.read_bytes()
     if kind == "header":
-        raw = nib.Nifti1Image.from_bytes(data if not gz else __import__("gzip").decompress(data))
+        plain = gzip.decompress(data) if gz else data
+        raw = nib.Nifti1Image.from_bytes(plain)
         what = _mutate_nifti_header(raw, rng)
         # Write the header bytes straight over the file's (no nibabel clean-up of what we broke).
-        plain = __import__("gzip").decompress(data) if gz else data
         header_bytes = raw.header.binaryblock
         plain = header_bytes + plain[len(header_bytes):]
-        path.write_bytes(__import__("gzip").compress(plain) if gz else plain)
+        path.write_bytes(gzip.compress(plain) if gz else plain)
     elif kind == "truncate":
         cut = int(rng.integers(0, len(data)))
         path.write_bytes(data[:cut])
