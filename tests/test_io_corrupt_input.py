@@ -287,3 +287,13 @@ def test_no_writer_stores_non_finite_hu(tmp_path: Path, fmt: str) -> None:
     with pytest.raises(CTSynthError, match="NaN or infinite HU"):
         write_volume(CTVolume(hu=hu, spacing_mm=(1.0, 1.0, 1.0)), target, fmt)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_enhanced_ct_with_a_wrong_frame_count_is_refused(tmp_path: Path) -> None:
+    from test_dicom_support import write_enhanced_ct
+
+    path = write_enhanced_ct(synthetic_volume(shape=(3, 8, 8)), tmp_path / "enh" / "volume.dcm")
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 1000000000  # would build a billion frame headers
+    ds.save_as(path, enforce_file_format=True)
+    _refused(tmp_path / "enh", path, "NumberOfFrames")

@@ -235,6 +235,8 @@ def _first(sequence) -> pydicom.Dataset | None:
 def _frame_headers(header: SliceHeader, ds: pydicom.Dataset) -> list[SliceHeader]:
     """Per-frame geometry, rescale and frame type of an Enhanced (multi-frame) CT, as one header per frame."""
     per_frame = ds.PerFrameFunctionalGroupsSequence
+    if len(per_frame) != header.frames:  # one item per frame; a corrupt count would also loop for ever
+        raise BrokenDicomError(f"NumberOfFrames {header.frames} but {len(per_frame)} per-frame functional groups")
     out = []
     for index in range(header.frames):
         item = per_frame[index] if index < len(per_frame) else None
