@@ -577,9 +577,12 @@ class Summary:
     counts: Counter = field(default_factory=Counter)
     by_format: dict[str, Counter] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    owned: Counter = field(default_factory=Counter)  # what a discovery_owned case looked like through read_study
 
     def add(self, result: Result) -> None:
         self.counts[result.outcome] += 1
+        if result.outcome == "discovery_owned":
+            self.owned[result.detail.split(":", 1)[0]] += 1
         self.by_format.setdefault(result.case.fmt, Counter())[result.outcome] += 1
         if result.outcome in BAD_OUTCOMES or result.outcome == "discovery_owned":
             examples = self.examples.setdefault(result.outcome, [])
