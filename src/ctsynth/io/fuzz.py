@@ -18,7 +18,8 @@ A DICOM case whose problem only shows through discovery (a broken file skipped b
 note kept at tree level) is re-read with ``read_dicom_series``; if that names the file cleanly the case is
 counted as ``discovery_owned`` (owned by issue #14's discovery rework), not as a reader failure.
 
-The engine is deterministic for a seed: case ``i`` of seed ``s`` is always the same input and mutation.
+The engine is deterministic for a seed: case ``i`` of seed ``s`` is always the same bytes and mutation
+(DICOM UIDs and dates are derived from the case; `benchmarks/fuzz_readers.py --start i --cases 1` replays it).
 Used by ``tests/test_fuzz_readers.py`` (a few hundred cases) and ``benchmarks/fuzz_readers.py``.
 """
 
@@ -283,7 +284,25 @@ def _mutate_dicom(data: bytes, rng: np.random.Generator) -> tuple[bytes, str]:
     return replace_value(data, element, value), f"{name} = {value!r}"
 
 
+def _fixed_identity(ds, index: int, k: int) -> None:
+    """UIDs, dates and times derived from the case, so a case is the same bytes every time it is built
+    (the writer makes fresh UIDs of varying length, which would move every later byte)."""
+    from pydicom.uid import generate_uid
+
+    series = generate_uid(entropy_srcs=[f"fuzz-{index}-series"])
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[f"fuzz-{index}-study"])
+    ds.SeriesInstanceUID = series
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[f"fuzz-{index}-frame"])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[f"fuzz-{index}-{k}"])
+    ds.PatientID = "ctsynth-fuzz"
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20261204"
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
+
+
 def _dicom_case(index: int, rng: np.random.Generator, root: Path) -> Case:
+    import pydicom
+    from pydicom.uid import ImplicitVRLittleEndian, RLELossless
+
     from .dicom_writer import write_dicom_series
 
     volume = _volume(rng)
@@ -291,17 +310,14 @@ def _dicom_case(index: int, rng: np.random.Generator, root: Path) -> Case:
     write_dicom_series(volume, folder)
     files = sorted(folder.glob("IM*.dcm"))
     variant = rng.choice(["plain", "plain", "plain", "implicit", "rle"])
-    if variant != "plain":
-        import pydicom
-        from pydicom.uid import ImplicitVRLittleEndian, RLELossless
-
-        for f in files:
-            ds = pydicom.dcmread(f)
-            if variant == "rle":
-                ds.compress(RLELossless)
-            else:
-                ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-            ds.save_as(f, enforce_file_format=True)
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        _fixed_identity(ds, index, k)
+        if variant == "rle":
+            ds.compress(RLELossless)
+        elif variant == "implicit":
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.save_as(f, enforce_file_format=True)
     target = files[int(rng.integers(0, len(files)))]
     mutated, what = _mutate_dicom(target.read_bytes(), rng)
     target.write_bytes(mutated)
