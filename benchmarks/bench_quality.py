@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="everything, tiny: 12 phantoms, seconds of training")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.n, args.phantom_size, args.samples, args.curve_samples = 12, 64, 3, 2
+        args.n, args.phantom_size, args.samples, args.curve, args.curve_samples = 12, 64, 3, 2, 2
         args.budget_min = min(args.budget_min, 0.2)
 
     import torch
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     config.train.keep_last = args.curve + 2
     run = work / f"run-{config.hash()}"
     t = time.perf_counter()
-    if train(prep, config, run, launch, resume=run.exists()) != "done":
+    if train(prep, config, run, launch) != "done":
         log("training stopped; run the same command again to continue")
         return 130
     times["train_s"] = time.perf_counter() - t

@@ -33,7 +33,7 @@ def peak_memory_mb() -> tuple[float, str]:
 
 
 def steps_per_s(log: Path, warmup: int) -> float:
-    rows = [json.loads(line) for line in log.read_text().splitlines() if "skipped" not in line]
+    rows = [r for r in map(json.loads, log.read_text().splitlines()) if "skipped" not in r and "event" not in r]
     rows = [r for r in rows if r["step"] > warmup] if len(rows) > warmup + 1 else rows
     if len(rows) < 2:
         return float("nan")
@@ -62,7 +62,7 @@ def child(args: argparse.Namespace) -> None:
     result: dict = {"stage": args.child}
     if args.child in ("autoencoder", "diffusion"):
         t0 = time.perf_counter()
-        train(args.prep, config, run, launch, resume=True)
+        train(args.prep, config, run, launch)
         result["wall_s"] = time.perf_counter() - t0
         log = run / args.child / "log.jsonl"  # none for a stage with nothing to train (autoencoder.kind haar)
         result["steps_per_s"] = steps_per_s(log, args.warmup) if log.is_file() else None

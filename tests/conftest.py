@@ -10,6 +10,8 @@ import pytest
 # Tests run on 2-core CI machines, often beside each other; one thread per process keeps torch from
 # oversubscribing the cores (it does not change any result).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# A fixed salt for the identifier tokens (ctsynth.io.identity), so tests never create ~/.config/ctsynth/id_salt.
+os.environ.setdefault("CTSYNTH_ID_SALT", "ctsynth-tests")
 
 REAL_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-ct"
 

@@ -16,7 +16,7 @@ from ctsynth.errors import CTSynthError
 from ctsynth.models.cascade import WaveletCascade, merge_level, pyramid
 from ctsynth.models.diffusion import build_scheduler
 from ctsynth.models.wavelet import HaarTransform
-from ctsynth.train import LaunchOptions, train
+from ctsynth.train import LaunchOptions, TrainHooks, train
 from train_fixtures import make_tiny_cache
 
 CPU = LaunchOptions(accelerator="cpu")
@@ -82,8 +82,8 @@ def test_a_tiny_cascade_trains_resumes_exactly_and_generates_reproducibly(tmp_pa
     weights = load_file(str(tmp_path / "run" / "diffusion" / "model.safetensors"))
     assert float(weights["ema.low_stats"][1].min()) > 0 and weights["ema.detail_stats"].shape == (2, 2, 7)
 
-    assert train(prep, config, tmp_path / "resumed", CPU, stop_after={"diffusion": 6}) == "stopped"
-    assert train(prep, config, tmp_path / "resumed", CPU, resume=True) == "done"
+    assert train(prep, config, tmp_path / "resumed", CPU, hooks=TrainHooks(stop_after={"diffusion": 6})) == "stopped"
+    assert train(prep, config, tmp_path / "resumed", CPU) == "done"
     again = load_file(str(tmp_path / "resumed" / "diffusion" / "model.safetensors"))
     assert all(torch.equal(weights[k], again[k]) for k in weights)
 

@@ -24,11 +24,11 @@ def thumbs():
 
 def test_tstr_auc_is_well_above_chance_and_shuffled_labels_are_not(thumbs):
     real, y, synth = thumbs
-    net = train_classifier(synth, y, steps=200, seed=0)
+    net = train_classifier(synth, y, steps=100, seed=0)
     auc, lo, hi = bootstrap_auc(y, predict(net, real), n=300, seed=0)
     assert auc > 0.8 and lo > 0.6
     shuffled = np.random.default_rng(5).permutation(y)
-    net = train_classifier(synth, shuffled, steps=200, seed=0)
+    net = train_classifier(synth, shuffled, steps=100, seed=0)
     auc_shuffled, lo, hi = bootstrap_auc(y, predict(net, real), n=300, seed=0)
     assert abs(auc_shuffled - 0.5) < 0.25
     assert lo < 0.5 < hi

@@ -128,7 +128,10 @@ def test_read_study_dispatch(tmp_path: Path) -> None:
 def test_dicom_series_mixed_with_nifti_and_junk(tmp_path: Path) -> None:
     import shutil
 
+    import pydicom
+
     from ctsynth.io.dicom_writer import write_dicom_series
+    from ctsynth.io.identity import token
 
     rng = np.random.default_rng(5)
     volume = CTVolume(hu=rng.integers(-1024, 1500, (4, 12, 10)).astype(np.float32), spacing_mm=(2.5, 0.75, 0.8),
@@ -137,28 +140,39 @@ def test_dicom_series_mixed_with_nifti_and_junk(tmp_path: Path) -> None:
     write_dicom_series(volume, root / "COVID" / "p1" / "series")
     two = root / "normal" / "p2"
     two.mkdir(parents=True)
-    for name in ("a", "b"):  # two series in one folder, files without extension
+    study_uid = pydicom.uid.generate_uid()
+    for name in ("a", "b"):  # two series of one study in one folder, files without extension
         write_dicom_series(volume, tmp_path / name, series_description=f"SYN {name}")
         for f in (tmp_path / name).iterdir():
-            shutil.copy(f, two / f"{name}{f.stem}")
+            ds = pydicom.dcmread(f)
+            ds.StudyInstanceUID, ds.PatientID = study_uid, "P2"
+            ds.save_as(two / f"{name}{f.stem}")
     write_nifti(volume, root / "p3.nii.gz")
     (root / "junk.bin").write_bytes(b"not dicom")
     (root / "labels.csv").write_text("study,label\np3,covid\n")
     found = discover(root)
+    one = pydicom.dcmread(next((root / "COVID" / "p1" / "series").iterdir()))
+    # A study that has its folder to itself is named by it; the patient is always the PatientID's token.
     assert [(s.id, s.patient, s.kind, s.label) for s in found.studies] == [
-        ("COVID/p1/series", "p1", "dicom", "covid"),
-        ("normal/p2_s1", "normal/p2", "dicom", "normal"),
-        ("normal/p2_s2", "normal/p2", "dicom", "normal"),
+        ("COVID/p1/series", token("pat", one.PatientID), "dicom", "covid"),
+        ("normal/p2", token("pat", "P2"), "dicom", "normal"),
         ("p3", "p3", "nifti", "covid"),
     ]
     assert found.notes == ["skipped 1 file(s) that are not CT images ctsynth reads: junk.bin"]
-    assert {found.studies[1].series, found.studies[2].series} == {"SYNTHETIC SYN a", "SYNTHETIC SYN b"}
+    p2 = next(s for s in found.studies if s.patient == token("pat", "P2"))
+    # One study, two equal series: one is used, the other set aside with the reason.
+    assert p2.series in {"SYNTHETIC SYN a", "SYNTHETIC SYN b"}
+    assert [c["used"] for c in p2.options["choices"]].count(True) == 1
+    assert any(n.startswith("set aside series 1 'SYNTHETIC SYN") for n in p2.notes)
     for study in found.studies:
         back = study.read()
         np.testing.assert_array_equal(back.hu, volume.hu)
         assert back.spacing_mm == pytest.approx(volume.spacing_mm) and back.label == study.label
-    uid = found.studies[2].series_uid
+    other = next(c for c in p2.options["choices"] if not c["used"])["description"]
+    uid = pydicom.dcmread(next(f for f in two.iterdir() if f.name.startswith(other[-1]))).SeriesInstanceUID
     assert read_study(two, series_uid=uid).shape == (4, 12, 10)
+    assert read_study(two).shape == (4, 12, 10)  # the chosen series of the one study
+    write_dicom_series(volume, two / "another_study")
     with pytest.raises(CTSynthError, match="holds 2 studies"):
         read_study(two)
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from ctsynth.cli import main
 from ctsynth.config import load_config
-from ctsynth.train import LaunchOptions, train
+from ctsynth.train import LaunchOptions, TrainHooks, train
 from train_fixtures import make_tiny_cache, read_log
 
 CPU = LaunchOptions(accelerator="cpu")
@@ -56,24 +56,50 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tiny_run, tmp_path):
     prep, reference = tiny_run
     run = tmp_path / "run"
     config = load_config("tiny")
-    assert train(prep, config, run, CPU, stop_after={"autoencoder": 6}) == "stopped"
+    assert train(prep, config, run, CPU, hooks=TrainHooks(stop_after={"autoencoder": 6})) == "stopped"
     assert (run / "autoencoder" / "ckpt-00000006").is_dir() and not (run / "autoencoder" / "done.json").exists()
-    assert train(prep, config, run, CPU, resume=True, stop_after={"diffusion": 9}) == "stopped"
-    assert train(prep, config, run, CPU, resume=True) == "done"
+    assert train(prep, config, run, CPU, hooks=TrainHooks(stop_after={"diffusion": 9})) == "stopped"
+    assert train(prep, config, run, CPU) == "done"
     for stage in ("autoencoder", "diffusion"):
         assert weights_equal(run / stage / "model.safetensors", reference / stage / "model.safetensors"), stage
 
 
-def test_unfinished_run_needs_resume_and_other_config_cache_is_refused(tmp_path, capsys):
+def test_rerunning_the_command_continues_a_run_and_other_runs_are_refused(tmp_path, capsys):
+    """Rerunning the same `train` command resumes an unfinished run (no --resume needed; still accepted); a
+    folder that is not a run, or a run of another config, is refused in one line with nothing written."""
     prep = make_tiny_cache(tmp_path / "prep", n=3, n_held_out=1)
+    short = tmp_path / "short.yaml"
+    short.write_text((Path(__file__).parents[1] / "src/ctsynth/configs/tiny.yaml").read_text()
+                     .replace("steps: 16", "steps: 6"))
     run = tmp_path / "run"
-    assert train(prep, load_config("tiny"), run, CPU, stop_after={"autoencoder": 2}) == "stopped"
-    listing = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert train(prep, load_config(short), run, CPU, hooks=TrainHooks(stop_after={"autoencoder": 2})) == "stopped"
     capsys.readouterr()
+    code = main(["train", str(prep), "--config", str(short), "--out", str(run), "--accelerator", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0, err[-2000:]
+    assert "resuming autoencoder from step 2" in err and (run / "diffusion" / "done.json").is_file()
+    code = main(["train", str(prep), "--config", str(short), "--out", str(run), "--accelerator", "cpu", "--resume"])
+    assert code == 0  # a finished run: nothing to do
+
+    listing = sorted(p.relative_to(run) for p in run.rglob("*"))
     code = main(["train", str(prep), "--config", "tiny", "--out", str(run), "--accelerator", "cpu"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "--resume" in err and len(err.splitlines()) == 1
+    assert code == 2 and "another config" in err and len(err.splitlines()) == 1
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == listing
+
+    other_cache = make_tiny_cache(tmp_path / "prep4", n=4, n_held_out=1)  # the same data config, other studies
+    code = main(["train", str(other_cache), "--config", str(short), "--out", str(run), "--accelerator", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "another cache" in err and len(err.splitlines()) == 1
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == listing
+
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("not a run")
+    code = main(["train", str(prep), "--config", "tiny", "--out", str(stranger), "--accelerator", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "not a ctsynth run" in err and len(err.splitlines()) == 1
+    assert [p.name for p in stranger.iterdir()] == ["notes.txt"]
 
     other = tmp_path / "other.yaml"
     other.write_text("data:\n  mode: full\n  shape: [16, 32, 32]\n")
@@ -94,7 +120,7 @@ def test_nan_loss_is_skipped_then_checkpoint_restored_with_lower_lr(tmp_path, ca
             return True
         return False
 
-    assert train(prep, load_config("tiny"), run, CPU, fault=fault) == "done"
+    assert train(prep, load_config("tiny"), run, CPU, hooks=TrainHooks(fault=fault)) == "done"
     records = read_log(run / "autoencoder" / "log.jsonl")
     skipped = [r for r in records if "skipped" in r]
     assert [r["step"] for r in skipped] == [5, 5, 5]

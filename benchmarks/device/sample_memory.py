@@ -56,7 +56,7 @@ def make_run(config_name: str, prep: Path, run_dir: Path, accelerator: str) -> N
     log = io.StringIO()
     try:
         with contextlib.redirect_stderr(log):  # progress bars: not for the benchmark log
-            status = train(prep, config, run_dir, LaunchOptions(accelerator=accelerator), resume=True)
+            status = train(prep, config, run_dir, LaunchOptions(accelerator=accelerator))
     except BaseException:
         sys.stderr.write(log.getvalue()[-3000:])
         raise
@@ -75,7 +75,7 @@ def measure(run_dir: Path, precision: str, accelerator: str, samples: int) -> di
     import torch
 
     from ctsynth.generate import Generator
-    from ctsynth.train.common import LaunchOptions, make_fabric
+    from ctsynth.launch import LaunchOptions, make_fabric
 
     fabric = make_fabric(LaunchOptions(accelerator=accelerator), precision)  # as `ctsynth generate` does
     device = fabric.device

@@ -8,12 +8,18 @@ Layout of one checkpoint (written atomically as a folder, so it appears whole or
                                                         non-tensor state, anything else the loop needs
 
 RNG states are saved so that a resumed CPU run is bit-identical to an uninterrupted one.
+
+Every file is serialised in memory first and then written (:func:`write_safetensors`, :func:`save_checkpoint`),
+so a write that fails (a full disk) is one :class:`CTSynthError` that names the path and says how much the write
+needed and how much was free, while the temporary is removed and the previous checkpoint stays as it was.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import json
+import os
 import random
 import re
 import shutil
@@ -24,10 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .errors import CTSynthError
-from .io.atomic import atomic_dir
+from .io.atomic import atomic_dir, atomic_file, os_error_to_ctsynth
 
 CKPT_PATTERN = re.compile(r"^ckpt-(\d{8})$")
 STATE = "state.json"
@@ -105,6 +111,40 @@ def set_rng_state(state: dict[str, Any]) -> None:
             [torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8) for s in state["cuda"]])
 
 
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def _write_all(files: dict[Path, bytes], target: Path) -> None:
+    """Write every payload; a failed write is a one-line error naming ``target`` (with, on a full disk, how
+    much the whole write needed and how much was free)."""
+    for path, data in files.items():
+        try:
+            _write_bytes(path, data)
+        except OSError as exc:
+            error = os_error_to_ctsynth(exc, target)
+            if exc.errno == errno.ENOSPC:
+                free = shutil.disk_usage(target.parent).free
+                error = CTSynthError(f"{error.problem} ({_megabytes(sum(map(len, files.values())))} needed, "
+                                     f"{_megabytes(free)} free)", error.path, error.fix)
+            raise error from exc
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` to ``path`` atomically (whole or not at all; a full disk is one line, see above)."""
+    path = Path(path)
+    data = save(tensors, metadata=metadata)
+    with atomic_file(path) as tmp:
+        _write_all({tmp: data}, path)
+
+
 def save_checkpoint(stage_dir: Path, step: int, models: dict[str, dict[str, torch.Tensor]],
                     optimizers: dict[str, dict[str, Any]], state: dict[str, Any], keep_last: int) -> Path:
     """Write ``stage_dir/ckpt-<step>`` atomically, then delete all but the newest ``keep_last`` checkpoints."""
@@ -116,10 +156,10 @@ def save_checkpoint(stage_dir: Path, step: int, models: dict[str, dict[str, torc
         opt_tensors.update(tensors)
         opt_rest[name] = rest
     full_state = dict(state, step=step, optimizers=opt_rest)
+    payloads = {WEIGHTS: save(flatten_state_dicts(models)), OPTIMIZER: save(opt_tensors),
+                STATE: json.dumps(full_state).encode("utf-8")}
     with atomic_dir(target, overwrite=True) as tmp:
-        save_file(flatten_state_dicts(models), str(tmp / WEIGHTS))
-        save_file(opt_tensors, str(tmp / OPTIMIZER))
-        (tmp / STATE).write_text(json.dumps(full_state))
+        _write_all({tmp / name: data for name, data in payloads.items()}, target)
     for old in list_checkpoints(stage_dir)[:-max(1, keep_last)]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -160,9 +200,7 @@ def load_latest_checkpoint(stage_dir: Path) -> tuple[Path, tuple] | None:
 
 def save_weights(path: Path, models: dict[str, dict[str, torch.Tensor]], metadata: dict[str, str] | None = None) -> None:
     """Final weights of a stage (safetensors, atomic)."""
-    from .io.atomic import atomic_file
-    with atomic_file(path) as tmp:
-        save_file(flatten_state_dicts(models), str(tmp), metadata=metadata)
+    write_safetensors(path, flatten_state_dicts(models), metadata)
 
 
 def load_weights(path: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -170,4 +208,4 @@ def load_weights(path: Path) -> dict[str, dict[str, torch.Tensor]]:
         return unflatten_state_dicts(load_file(str(path)))
     except (OSError, ValueError, SafetensorError) as exc:
         raise CTSynthError(f"model weights are missing or damaged ({type(exc).__name__}: {exc})", path,
-                           "re-run `ctsynth train` (with --resume) to rewrite them") from exc
+                           "rerun the `ctsynth train` command of this run to rewrite them") from exc

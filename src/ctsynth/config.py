@@ -94,6 +94,22 @@ class DiffusionConfig:
 
 
 @dataclass
+class GanConfig:
+    """The Wu et al. 2016 3D-GAN baseline (``model: gan``; ``ctsynth.models.gan``, ``ctsynth.train.gan``). The
+    defaults are the paper's; ``width`` < 1 narrows every hidden layer (a CPU run)."""
+
+    z_dim: int = 200
+    width: float = 1.0  # multiplier of the hidden channels 512-256-128-64
+    conditional: bool = True  # class-conditional (data.labels); false: the paper's unconditional GAN
+    batch_size: int = 100
+    steps: int = 20000
+    lr_g: float = 0.0025
+    lr_d: float = 1e-5
+    beta1: float = 0.5
+    d_accuracy_max: float = 0.8  # the discriminator is updated only while its accuracy on the batch is <= this
+
+
+@dataclass
 class TrainConfig:
     """How the loops run (Lightning Fabric)."""
 
@@ -116,16 +132,30 @@ class TrainConfig:
     checkpoint_every_min: float = 0.0
 
 
+MODELS = ("diffusion", "gan")
+
+
 @dataclass
 class Config:
     name: str = "custom"
+    model: str = "diffusion"  # "diffusion": stage 1 + latent diffusion; "gan": the Wu et al. 3D-GAN baseline
     data: DataConfig = field(default_factory=DataConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    gan: GanConfig = field(default_factory=GanConfig)
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise CTSynthError(f"unknown model '{self.model}'", fix=f"use one of {list(MODELS)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every section; a diffusion config leaves out ``model`` and ``gan`` (added later), so that the
+        configs, runs and hashes made before them stay as they were."""
+        values = dataclasses.asdict(self)
+        if self.model == "diffusion" and self.gan == GanConfig():
+            del values["model"], values["gan"]
+        return values
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

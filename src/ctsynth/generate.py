@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import load_weights
-from .config import Config, config_from_dict
+from .config import Config
 from .errors import CTSynthError
 from .models.autoencoder import decode_latent
-from .models import build_diffusion_model
+from .models.gan import crop, latent_noise
 from .models.diffusion import build_scheduler, sample_latents, unet_multiple, unstandardise
 from .preprocess.window import denormalise
+from .runs import (DONE_FILE, load_diffusion_ema, load_frozen_autoencoder, load_gan_generator, read_json, read_run,
+                   sampling_stage)
 from .volume import CTVolume
 
 __all__ = ["Generator", "SampleSpec", "resample_for_export", "to_int16_hu"]
@@ -44,56 +45,37 @@ class SampleSpec:
         return dict(self.__dict__)
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise CTSynthError(f"{what} is missing", path, "give a run folder made by `ctsynth train` that finished")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise CTSynthError(f"{what} is damaged ({exc})", path, "re-run `ctsynth train --resume` on this run") from exc
-
-
 class Generator:
     """A trained run, ready to sample. Build with :meth:`load`."""
 
-    def __init__(self, run_dir: Path, info: dict[str, Any], config: Config, autoencoder: torch.nn.Module,
+    def __init__(self, run_dir: Path, info: dict[str, Any], config: Config, autoencoder: torch.nn.Module | None,
                  unet: torch.nn.Module, diffusion_done: dict[str, Any], device: torch.device) -> None:
         self.run_dir, self.info, self.config = run_dir, info, config
         self.autoencoder, self.unet, self.device = autoencoder, unet, device
-        self.latent_shift = torch.tensor(diffusion_done["latent_shift"], dtype=torch.float32)
-        self.latent_scale = torch.tensor(diffusion_done["latent_scale"], dtype=torch.float32)
-        self.latent_shape = tuple(int(n) for n in diffusion_done["latent_shape"])  # (c, z, y, x)
+        self.is_gan = config.model == "gan"  # the 3D-GAN baseline: `unet` is its generator, no autoencoder
+        self.latent_shift = torch.tensor(diffusion_done.get("latent_shift", []), dtype=torch.float32)
+        self.latent_scale = torch.tensor(diffusion_done.get("latent_scale", []), dtype=torch.float32)
+        self.latent_shape = tuple(int(n) for n in diffusion_done.get("latent_shape", []))  # (c, z, y, x)
         self.labels: tuple[str, ...] = tuple(info["labels"])
-        self.null_label = int(diffusion_done["null_label"])
+        self.null_label = int(diffusion_done.get("null_label", len(self.labels)))
         self.image_shape = tuple(int(n) for n in info["shape"])
         self.spacing_mm = tuple(float(s) for s in info["spacing_mm"])
         self.hu_window = tuple(float(w) for w in info["hu_window"])
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> "Generator":
-        """Load a finished run (safetensors + JSON, nothing unpickled); a missing or damaged file is a CTSynthError."""
-        from .train.diffusion import load_frozen_autoencoder
-
+        """Load a finished run (safetensors + JSON, nothing unpickled; :mod:`ctsynth.runs`, not the training
+        code); a missing or damaged file is a CTSynthError."""
         run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise CTSynthError("run folder not found", run_dir, "give the --out folder of `ctsynth train`")
-        info = _read_json(run_dir / "run.json", "run.json (the run's description)")
-        try:
-            config = config_from_dict(info["config"])
-        except (KeyError, CTSynthError) as exc:
-            raise CTSynthError(f"run.json has no usable config ({exc})", run_dir / "run.json",
-                               "re-train with this version of ctsynth") from exc
-        done = _read_json(run_dir / "diffusion" / "done.json", "the diffusion stage's done.json")
+        info, config = read_run(run_dir)
+        stage = sampling_stage(config)
+        done = read_json(run_dir / stage / DONE_FILE, f"the {stage} stage's done.json")
         device = torch.device(device)
+        if stage == "gan":
+            return cls(run_dir, info, config, None, load_gan_generator(run_dir, config, device), done, device)
         autoencoder = load_frozen_autoencoder(run_dir, config, device)
-        unet = build_diffusion_model(config)
-        weights_path = run_dir / "diffusion" / "model.safetensors"
-        try:
-            unet.load_state_dict(load_weights(weights_path)["ema"])
-        except (KeyError, RuntimeError) as exc:
-            raise CTSynthError(f"diffusion weights do not match the run's config ({exc})", weights_path,
-                               "re-train stage 2") from exc
-        return cls(run_dir, info, config, autoencoder, unet.to(device).eval().requires_grad_(False), done, device)
+        unet = load_diffusion_ema(run_dir, config, device)
+        return cls(run_dir, info, config, autoencoder, unet, done, device)
 
     def label_index(self, label: str) -> int:
         if label not in self.labels:
@@ -121,6 +103,8 @@ class Generator:
                           steps: int | None = None, batch_size: int = 1, indices: list[int] | None = None,
                           autocast=None) -> list[tuple[CTVolume, SampleSpec]]:
         cls_index = self.label_index(label)
+        if self.is_gan:  # one forward pass: no guidance, no sampling steps
+            guidance, steps = 0.0, 1
         guidance = self.config.diffusion.guidance if guidance is None else float(guidance)
         steps = self.config.diffusion.sample_steps if steps is None else int(steps)
         if steps < 1 or steps > self.config.diffusion.train_timesteps:
@@ -135,7 +119,11 @@ class Generator:
             chunk = indices[start:start + batch_size]
             labels = torch.full((len(chunk),), cls_index, dtype=torch.long, device=self.device)
             with (autocast() if autocast is not None else torch.autocast("cpu", enabled=False)):
-                if self.config.diffusion.cascade:  # every noise of sample i from its own generator, seeded seed + i
+                if self.is_gan:  # z ~ U[0, 1] of sample i from its own generator, seeded seed + i
+                    gens = [torch.Generator(device="cpu").manual_seed(seed + i) for i in chunk]
+                    z = latent_noise(gens, self.config.gan.z_dim).to(self.device)
+                    images = crop(self.unet(z, labels if self.config.gan.conditional else None), self.image_shape)
+                elif self.config.diffusion.cascade:  # every noise of sample i from its own generator, seeded seed + i
                     gens = [torch.Generator(device="cpu").manual_seed(seed + i) for i in chunk]
                     images = self.unet.sample(scheduler, gens, labels, guidance, steps, self.image_shape)
                 else:
@@ -148,7 +136,7 @@ class Generator:
             for i, image in zip(chunk, images.float().cpu().numpy()):
                 hu = denormalise(image[0], self.hu_window)
                 spec = SampleSpec(index=i, seed=seed + i, label=label, guidance=guidance, steps=steps,
-                                  scheduler=self.config.diffusion.scheduler)
+                                  scheduler="gan" if self.is_gan else self.config.diffusion.scheduler)
                 volume = CTVolume(hu=hu, spacing_mm=self.spacing_mm, label=label,
                                   source=f"ctsynth generate {self.run_dir.name} #{i}",
                                   meta={"synthetic": True, "seed": seed + i, "config_hash": self.info["config_hash"]})

@@ -16,8 +16,20 @@ def spacing_arg(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def add_data_options(parser: argparse.ArgumentParser) -> None:
-    """--labels, --metadata, --label-map, --offset, --spacing (documented in docs/io.md)."""
+def thickness_range_arg(text: str) -> tuple[float, float]:
+    """``"1,3"`` -> (1.0, 3.0): the preferred slice thickness range of a DICOM study's series, in mm."""
+    try:
+        values = tuple(float(v) for v in text.replace("-", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2 or not 0 < values[0] <= values[1]:
+        raise argparse.ArgumentTypeError(f"'{text}' is not MIN,MAX in mm with 0 < MIN <= MAX (e.g. 1,3)")
+    return values  # type: ignore[return-value]
+
+
+def add_data_options(parser: argparse.ArgumentParser, series: bool = True) -> None:
+    """--labels, --metadata, --label-map, --offset, --spacing, and (``series``) --series and --thickness-range
+    (documented in docs/io.md and docs/dicom.md)."""
     group = parser.add_argument_group("reading the data")
     group.add_argument("--labels", metavar="FILE",
                        help="labels CSV (study,label) or COVID-CTset's Patient_details.csv "
@@ -32,3 +44,18 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
                             "RescaleIntercept)")
     group.add_argument("--spacing", type=spacing_arg, metavar="Z,Y,X",
                        help="TIFF slices: spacing in mm when Patients_metadata.csv does not give it")
+    if series:
+        group.add_argument("--series", metavar="CHOICE", default=None,
+                           help="DICOM: which series of each study to use: auto (default: one per study, "
+                                "axial, complete, soft-tissue kernel, thickness in range, thinnest), axial "
+                                "(every axial series), all (also reformats, reoriented to axial), a "
+                                "SeriesInstanceUID, or a SeriesDescription pattern such as '*lung*'")
+        group.add_argument("--thickness-range", type=thickness_range_arg, metavar="MIN,MAX", default=None,
+                           help="DICOM: preferred slice thickness in mm for --series auto (default 1,3)")
+
+
+def series_rules(args: argparse.Namespace):
+    """The SeriesRules of --series and --thickness-range."""
+    from ..io.dicom_select import parse_series_option
+
+    return parse_series_option(getattr(args, "series", None), getattr(args, "thickness_range", None))

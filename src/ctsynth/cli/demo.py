@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"   {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
     t = _step(f"3/5 train autoencoder + latent diffusion -> {run_dir}")
-    if train(prep, config, run_dir, resume=run_dir.exists()) != "done":
+    if train(prep, config, run_dir) != "done":
         print(f"ctsynth demo: training stopped; run `ctsynth demo --out {out}` again to continue", file=sys.stderr)
         return 130
     print(f"   {time.perf_counter() - t:.0f} s", file=sys.stderr)

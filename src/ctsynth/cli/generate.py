@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import CTSynthError
     from ..generate import Generator, generate_to_folder
-    from ..train.common import make_fabric
+    from ..launch import make_fabric
 
     if args.n < 1:
         raise CTSynthError(f"--n must be at least 1, got {args.n}")

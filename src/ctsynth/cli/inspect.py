@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from ._data_args import add_data_options
+from ._data_args import add_data_options, series_rules
 
 SAMPLE_VOXELS = 2_000_000
 
@@ -37,31 +37,35 @@ def hu_summary(hu: np.ndarray) -> dict[str, float]:
     return {"min": float(flat.min()), "max": float(flat.max()), "p1": float(p1), "p99": float(p99)}
 
 
-def inspect_study(study) -> dict[str, Any]:
-    """Read one study and summarise it; a read failure becomes ``problem``."""
+def inspect_study(study, redact: Callable[[str], str] = str) -> dict[str, Any]:
+    """Read one study and summarise it; a read failure becomes ``problem``. ``redact`` turns clear DICOM
+    identifiers in paths and messages into their tokens (``Discovery.redact``)."""
     from ..errors import CTSynthError
 
     row: dict[str, Any] = {
-        "id": study.id, "patient": study.patient, "kind": study.kind, "path": str(study.path),
-        "series": study.series, "series_uid": study.series_uid, "label": study.label,
-        "shape": None, "spacing_mm": None, "hu": None, "notes": list(study.notes), "problem": None,
+        "id": study.id, "patient": study.patient, "kind": study.kind, "path": redact(str(study.path)),
+        "series": study.series, "series_uid": redact(study.series_uid) if study.series_uid else None,
+        "label": study.label, "shape": None, "spacing_mm": None, "hu": None, "notes": list(study.notes),
+        "problem": None,
     }
+    if study.options.get("choices"):
+        row["series_choice"] = study.options["choices"]
     try:
         volume = study.read()
     except CTSynthError as exc:
-        row["problem"] = str(exc)
+        row["problem"] = redact(str(exc))
         return row
     except (MemoryError, RecursionError):
         raise
     except Exception as exc:  # a reader bug on one odd study must not hide the others; reported as a problem
-        row["problem"] = f"{study.path}: unexpected {type(exc).__name__}: {exc}"
+        row["problem"] = redact(f"{study.path}: unexpected {type(exc).__name__}: {exc}")
         return row
     row["shape"] = list(volume.shape)
     row["spacing_mm"] = list(volume.spacing_mm)
     row["origin_mm"] = [round(o, 3) for o in volume.origin_mm]
     row["dtype"] = str(volume.hu.dtype)
     row["hu"] = hu_summary(volume.hu)
-    row["notes"] = list(volume.meta.get("notes", []))
+    row["notes"] = [redact(n) for n in volume.meta.get("notes", [])]
     if row["hu"]["p1"] > -300:
         row["notes"].append(f"no air or lung in the HU histogram (1st percentile {row['hu']['p1']:.0f} HU): "
                             "values may not be HU; for TIFF check --offset")
@@ -114,17 +118,17 @@ def run(args: argparse.Namespace) -> int:
     from ..io.discover import discover
 
     found = discover(args.data, labels=args.labels, metadata=args.metadata, label_map=args.label_map,
-                     offset=args.offset, spacing_mm=args.spacing)
+                     offset=args.offset, spacing_mm=args.spacing, series=series_rules(args))
     rows = []
     for k, study in enumerate(found.studies, start=1):
         print(f"[{k}/{len(found.studies)}] reading {study.id}", file=sys.stderr)
-        rows.append(inspect_study(study))
+        rows.append(inspect_study(study, found.redact))
     if args.json:
         print(json.dumps({
-            "root": str(found.root),
+            "root": found.redact(str(found.root)),
             "labels_file": None if found.labels_file is None else str(found.labels_file),
             "metadata_file": None if found.metadata_file is None else str(found.metadata_file),
-            "notes": found.notes,
+            "notes": [found.redact(n) for n in found.notes],
             "studies": rows,
         }, indent=2))
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._data_args import add_data_options
+from ._data_args import add_data_options, series_rules
 
 
 def register(subparsers) -> None:
@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     manifest = prepare_cache(args.data, config, args.out, labels=args.labels, metadata=args.metadata,
                              label_map=args.label_map, offset=args.offset, spacing_mm=args.spacing,
+                             series=series_rules(args),
                              progress=not args.quiet)
     print(summarise(manifest))
     return 0

@@ -33,7 +33,7 @@ def _devices(text: str) -> int | str:
 
 
 def launch_options(args: argparse.Namespace):
-    from ..train.common import LaunchOptions
+    from ..launch import LaunchOptions
 
     return LaunchOptions(accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes,
                          strategy=args.strategy, precision=args.precision)
@@ -41,13 +41,17 @@ def launch_options(args: argparse.Namespace):
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "train", help="train the autoencoder and the latent diffusion model on a prepared cache",
+        "train", help="train the autoencoder and the latent diffusion model (or the GAN baseline) on a cache",
         description="Train stage 1 (autoencoder) and stage 2 (class-conditional latent diffusion) on a cache "
-                    "made by `ctsynth prepare`. A finished stage is not retrained on a rerun.")
+                    "made by `ctsynth prepare`. Rerunning the same command continues the run: a finished stage "
+                    "is skipped, an unfinished one resumes from its newest checkpoint.")
     parser.add_argument("prep", help="cache folder made by `ctsynth prepare`")
-    parser.add_argument("--config", required=True, help="preset name (tiny, demo, lung, full, low) or YAML file")
+    parser.add_argument("--config", required=True,
+                        help="preset name (tiny, demo, quality, low, lung, full; gan-baseline, gan-48, gan-tiny: "
+                             "the Wu et al. 3D-GAN baseline) or YAML file")
     parser.add_argument("--out", required=True, help="run folder (checkpoints, logs, final weights)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="accepted for older scripts: rerunning the same command resumes without it")
     add_launch_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -59,10 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from ..train import train
 
     config = load_config(args.config)
-    status = train(Path(args.prep), config, Path(args.out), launch_options(args), resume=args.resume)
+    status = train(Path(args.prep), config, Path(args.out), launch_options(args))
     if status != "done":
-        print(f"ctsynth train: stopped; continue with `ctsynth train {args.prep} --config {args.config} "
-              f"--out {args.out} --resume`", file=sys.stderr)
+        print(f"ctsynth train: stopped at a checkpoint; to continue, rerun the same command (--resume is not "
+              f"needed): `ctsynth train {args.prep} --config {args.config} --out {args.out}`", file=sys.stderr)
         return 130
     import torch.distributed as dist
 

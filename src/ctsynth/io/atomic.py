@@ -195,3 +195,35 @@ def atomic_dir(target: str | Path, overwrite: bool = False, needed_bytes: int | 
                                         and is_disk_full(exc, target)):
             raise os_error_to_ctsynth(exc, target, needed_bytes, written) from exc
         raise
+
+
+# The temporaries the helpers above leave behind when the process is killed (SIGKILL, power loss) before
+# their cleanup runs: atomic_file's ".<name>.<8 random>.tmp<suffixes>" files, atomic_dir's
+# ".<name>.<8 random>.tmp" folders and the ".<name>.old-<pid>" folder it moves an old target to.
+_LEFTOVER = re.compile(r"^\..+\.(?:[a-z0-9_]{8}\.tmp(?:\..*)?|old-\d+)$")
+
+
+def is_leftover(path: str | Path) -> bool:
+    """Whether ``path`` is named as a temporary of :func:`atomic_file` or :func:`atomic_dir`."""
+    return bool(_LEFTOVER.match(Path(path).name))
+
+
+def remove_leftovers(folder: str | Path) -> list[Path]:
+    """Remove the temporaries of interrupted atomic writes directly in ``folder``; returns what was removed.
+
+    Only call it where no other process is writing (a resumed training run does, on rank 0, before anything
+    else is written): a temporary being written at that moment would be removed under its writer.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.iterdir()):
+        if not is_leftover(path):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

@@ -11,6 +11,7 @@ only for listing series to the user. Neither is ever copied into a volume's ``me
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import struct
 from dataclasses import dataclass
@@ -18,11 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from .library_messages import collect_messages
+
+from .dicom_tags import read_needed_elements
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -44,6 +49,9 @@ _VALID_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"I
               b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV"}
 
 
+FAST_HEADERS = True  # False: every header parsed in full by dcmread (tests compare the two)
+
+
 class NotDicomError(Exception):
     """The file does not look like DICOM at all (no 'DICM' marker, no plausible raw dataset start)."""
 
@@ -52,7 +60,7 @@ class BrokenDicomError(Exception):
     """The file looks like DICOM but its header cannot be parsed (truncated or corrupt)."""
 
 
-@dataclass
+@dataclass(slots=True)  # slots: 100,000 headers of a big export stay small in memory
 class SliceHeader:
     """The header fields of one image file that stacking, decoding and HU conversion need."""
 
@@ -95,6 +103,12 @@ class SliceHeader:
     frame: int | None = None  # index of this frame in a multi-frame (Enhanced CT) file; None = single-frame
     pixel_representation_given: bool = True  # False: the tag is missing (see dicom_pixels' sign check)
     notes: tuple[str, ...] = ()  # what was odd but readable in this file (the reader lists them by name)
+    # Identity (issue #14): kept in memory to group series into studies and patients and to match label rows;
+    # only salted tokens of them ever reach an output (ctsynth.io.identity).
+    study_uid: str = ""
+    patient_id: str = ""
+    accession: str = ""
+    encapsulated_offset: int | None = None  # where (7FE0,0010) starts in a compressed file (ctsynth.io.dicom_codecs)
 
     @property
     def is_localizer(self) -> bool:
@@ -124,6 +138,13 @@ def sniff_dicom(path: Path) -> str | None:
     return "raw" if length < 1024 else None
 
 
+@functools.lru_cache(maxsize=None)
+def _tag(keyword: str) -> BaseTag:
+    """The tag of a keyword, looked up once: pydicom resolves a keyword on every access otherwise, which
+    costs more than the header parse itself for a few hundred files."""
+    return BaseTag(tag_for_keyword(keyword))
+
+
 def _ascii(ds: pydicom.Dataset, keyword: str, encoding: str = "ascii") -> str | None:
     """A text value (DS, IS, CS, UI; LO/SH for display only) straight from the raw element when still raw.
 
@@ -131,7 +152,7 @@ def _ascii(ds: pydicom.Dataset, keyword: str, encoding: str = "ascii") -> str | 
     whole parse; for these VRs the raw bytes already are the text, backslash-separated. Free text (LO, SH)
     is decoded as UTF-8 with replacement: it is only shown to the user, never used for decisions.
     """
-    elem = ds.get_item(keyword)
+    elem = ds.get_item(_tag(keyword), keep_deferred=True)  # an empty raw value stays None: no conversion
     if elem is None:
         return None
     value = elem.value
@@ -146,7 +167,7 @@ def _ascii(ds: pydicom.Dataset, keyword: str, encoding: str = "ascii") -> str | 
 
 def _binary_int(ds: pydicom.Dataset, keyword: str, signed: bool = False) -> int | None:
     """A US/SS value (Rows, BitsStored ...) from the raw element's two bytes when still raw."""
-    elem = ds.get_item(keyword)
+    elem = ds.get_item(_tag(keyword), keep_deferred=True)  # an empty raw value stays None: no conversion
     if elem is None:
         return None
     value = elem.value
@@ -385,13 +406,19 @@ def _parse_header(path: Path) -> tuple[SliceHeader, pydicom.Dataset] | None:
     try:
         # pydicom warns (instead of raising) about elements running past the end of the file and about an
         # encoding that differs from the transfer syntax; both are handled below, so they stay quiet here.
-        with collect_messages("pydicom") as messages, open(path, "rb") as fh:
-            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
-            end_of_header = fh.tell()
-            next_tag = fh.read(4)
-            file_size = fh.seek(0, 2)
+        with collect_messages("pydicom") as messages:
+            # Only the needed elements, with pydicom's element parser (ctsynth.io.dicom_tags); None: parse in
+            # full. Both give a Dataset that _header_from_dataset turns into a header with the same checks.
+            needed = read_needed_elements(path) if marker and FAST_HEADERS else None
+            if needed is not None:
+                ds, end_of_header, next_tag = needed
+            else:
+                with open(path, "rb") as fh:
+                    ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+                    end_of_header = fh.tell()
+                    next_tag = fh.read(4)
             if any("End of file" in m for m in messages):
-                raise BrokenDicomError(f"the file ends after {file_size} bytes, inside its header")
+                raise BrokenDicomError(f"the file ends after {path.stat().st_size} bytes, inside its header")
             # Values are converted lazily; invalid ones warn here (and are judged by the checks below).
             return _header_from_dataset(path, ds, marker, end_of_header, next_tag)
     except (BrokenDicomError, NotDicomError):
@@ -486,6 +513,10 @@ def _header_from_dataset(path: Path, ds: pydicom.Dataset, marker: bool, end_of_h
         body_part=_text(_ascii(ds, "BodyPartExamined")).upper(),
         pixel_representation_given=representation is not None,
         notes=tuple(notes),
+        study_uid=_text(_ascii(ds, "StudyInstanceUID")),
+        patient_id=_text(_ascii(ds, "PatientID", "utf-8")),
+        accession=_text(_ascii(ds, "AccessionNumber", "utf-8")),
+        encapsulated_offset=end_of_header if (has_pixels and not native) else None,
     )
     return header, ds
 

@@ -176,7 +176,12 @@ def decode_stored_values(header: SliceHeader, out: np.ndarray | None = None) -> 
             arr = _read_native(header, out)
             if arr is not None:
                 return arr
-        return _check_sign_known(_read_with_pydicom(header), header)
+        arr = None
+        if header.encapsulated_offset is not None:  # compressed: the fastest installed decoder (dicom_codecs)
+            from .dicom_codecs import decode_encapsulated
+
+            arr = decode_encapsulated(header)  # None for anything odd (truncated, bad stream): pydicom decides
+        return _check_sign_known(_read_with_pydicom(header) if arr is None else arr, header)
 
 
 def decode_frames(header: SliceHeader) -> np.ndarray:

@@ -53,6 +53,23 @@ def _headers_of(ref: DicomSeriesRef) -> list[SliceHeader]:
     return headers
 
 
+_BROKEN_FIX = ("copy this file again from the archive or PACS (or re-export the series); ctsynth does not stack "
+               "a series with a slice missing")
+
+
+def _refuse_broken_files(ref: DicomSeriesRef) -> None:
+    """A file of the series that cannot be read (cut short, corrupt, no permission) is named with the fix,
+    rather than showing up later as an anonymous gap between its neighbours."""
+    if not ref.broken:
+        return
+    path, why = ref.broken[0]
+    more = ""
+    if len(ref.broken) > 1:
+        more = f" (and {len(ref.broken) - 1} more: {name_files([p for p, _ in ref.broken[1:]], ref.folder)})"
+    raise CTSynthError(f"this file of series '{ref.description or ref.uid}' ({ref.n_slices} readable slices) "
+                       f"cannot be read: {why}{more}", path, _BROKEN_FIX)
+
+
 def _select_series(source: Path, series_uid: str | None) -> tuple[DicomSeriesRef, list[str]]:
     """Find the one CT series to read under ``source`` (a folder or a file), or raise a one-line error."""
     scan = scan_dicom_tree(source, allow_single_slice=source.is_file())
@@ -103,10 +120,15 @@ def _output_dtype(headers: list[SliceHeader]) -> np.dtype:
     return np.dtype(np.int32)
 
 
-def _decode_hu(headers: list[SliceHeader]) -> np.ndarray:
-    dtype = _output_dtype(headers)
+def _decode_hu(headers: list[SliceHeader], dtype: np.dtype | None = None) -> np.ndarray:
+    dtype = _output_dtype(headers) if dtype is None else dtype
     rows, cols = headers[0].rows, headers[0].columns
-    out = np.empty((len(headers), rows, cols), dtype=dtype)
+    # Integer HU that may or may not fit int16 (e.g. signed 16-bit stored values with intercept -1024, as GE
+    # writes): each slice is checked as it is decoded and stored as int16, so the whole volume never exists
+    # as int32; if one slice does not fit, the volume is decoded again as float32 (rare).
+    checked = dtype == np.int32
+    out = np.empty((len(headers), rows, cols), dtype=np.int16 if checked else dtype)
+    overflow: list[int] = []
 
     def store(i: int, raw: np.ndarray | None) -> None:
         """Stored values -> HU into out[i]; ``raw`` None means: decode slice i here (straight into out[i])."""
@@ -115,6 +137,11 @@ def _decode_hu(headers: list[SliceHeader]) -> np.ndarray:
             raw = decode_stored_values(h) if raw is None else raw
             np.multiply(raw, np.float32(h.slope), out=target, casting="unsafe")
             target += np.float32(h.intercept)
+            # Only float32 HU can leave the range (int16 always fits; int32 is stored as int16 or redone here).
+            problem = hu_range_problem(target)
+            if problem:
+                raise CTSynthError(f"{problem} after RescaleSlope {h.slope:g} and RescaleIntercept {h.intercept:g}",
+                                   h.path, "check this file's rescale tags and pixel data, or re-export it")
         elif dtype == np.int16 and -32768 <= h.intercept <= 32767:
             # Integer HU that fit int16: read straight into the output and add the intercept in place. int16
             # arithmetic wraps, so even unsigned stored values land right whenever the final HU fit.
@@ -125,12 +152,21 @@ def _decode_hu(headers: list[SliceHeader]) -> np.ndarray:
                 np.add(target, np.int16(h.intercept), out=target)
         else:
             raw = decode_stored_values(h) if raw is None else raw
-            np.add(raw, np.int32(h.intercept), out=target, casting="unsafe")
-        if dtype != np.int16:
-            problem = hu_range_problem(target)
-            if problem:
-                raise CTSynthError(f"{problem} after RescaleSlope {h.slope:g} and RescaleIntercept {h.intercept:g}",
-                                   h.path, "check this file's rescale tags and pixel data, or re-export it")
+            intercept = int(h.intercept)
+            if checked and raw.dtype.itemsize <= 2:
+                # The range check on the stored values (cheap), then int16 arithmetic, which wraps: right
+                # whenever the final HU fit, as they have just been checked to.
+                if int(raw.min()) + intercept < -32768 or int(raw.max()) + intercept > 32767:
+                    overflow.append(i)
+                    return
+                np.add(raw.view(np.int16) if raw.dtype.itemsize == 2 else raw, np.int16(intercept), out=target,
+                       casting="unsafe")
+                return
+            hu = np.add(raw, np.int32(intercept), dtype=np.int32)
+            if checked and (hu.min() < -32768 or hu.max() > 32767):
+                overflow.append(i)
+                return
+            np.copyto(target, hu, casting="unsafe")
 
     # One unit of work per file: a multi-frame file is decoded once and its frames stored where they belong.
     by_file: dict[Path, list[int]] = {}
@@ -152,10 +188,9 @@ def _decode_hu(headers: list[SliceHeader]) -> np.ndarray:
             store(i, frames[headers[i].frame])
 
     run_parallel(len(units), work)
-    if dtype == np.int32:
-        if out.min() >= -32768 and out.max() <= 32767:
-            return out.astype(np.int16)
-        return out.astype(np.float32)
+    if overflow:
+        del out
+        return _decode_hu(headers, np.dtype(np.float32))
     return out
 
 
@@ -263,12 +298,18 @@ def _read_dicom_series(source: Path | str | DicomSeriesRef, series_uid: str | No
         ref, scan_notes = source, []
     else:
         ref, scan_notes = _select_series(Path(source), series_uid)
+    _refuse_broken_files(ref)
     headers = _headers_of(ref)
     notes = list(dict.fromkeys(scan_notes + ref.notes + [f"{name_files([h.path], ref.folder)}: {n}" for h in headers
                                                          for n in h.notes]))
     try:
         plan = plan_stack(headers, ref.folder)
     except CTSynthError as exc:
+        if ref.maybe_broken and "missing" in exc.problem:
+            path, why = ref.maybe_broken[0]
+            raise CTSynthError(f"this file beside series '{ref.description or ref.uid}' cannot be read ({why}), "
+                               f"and the series lacks slices where it would be ({exc.problem})", path,
+                               _BROKEN_FIX) from exc
         raise _with_skipped(exc, notes) from exc
     notes.extend(plan.notes)
     problem = spacing_problem([plan.z_step], "the step between slice positions")

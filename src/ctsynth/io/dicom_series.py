@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import multiprocessing
 import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +42,11 @@ class DicomSeriesRef:
     notes: list[str] = field(default_factory=list)
     headers: list[SliceHeader] = field(default_factory=list, repr=False)
     series_number: int | None = None
+    # Files of this series that could not be read (cut short, corrupt): attributed by the series UID found in
+    # their bytes, or (``maybe_broken``) unreadable files in the series' folder that hold no UID to tell.
+    broken: list[tuple[Path, str]] = field(default_factory=list)
+    maybe_broken: list[tuple[Path, str]] = field(default_factory=list)
+    set_aside: str = ""  # why the scan could not use the series at all (localizer, not CT, one slice ...)
 
 
 @dataclass
@@ -50,6 +59,7 @@ class _Scan:
     broken: list[tuple[Path, str]]
     notes: list[str]
     n_dicom: int
+    set_aside: list[DicomSeriesRef] = field(default_factory=list)  # series dropped whole, with the reason
 
 
 def name_files(paths: list[Path], root: Path | None = None, limit: int = _MAX_NAMES) -> str:
@@ -104,15 +114,15 @@ def _group_key(header: SliceHeader) -> tuple[str, bool]:
 
 
 def _majority_orientation(headers: list[SliceHeader]) -> np.ndarray:
-    clusters: list[tuple[np.ndarray, int]] = []
-    for h in headers:
-        for i, (iop, count) in enumerate(clusters):
-            if np.allclose(iop, h.orientation, atol=_ORIENTATION_TOL):
-                clusters[i] = (iop, count + 1)
-                break
-        else:
-            clusters.append((h.orientation, 1))
-    return max(clusters, key=lambda c: c[1])[0]
+    """The orientation most slices share (within ``_ORIENTATION_TOL``); vectorised over the slices."""
+    left = np.stack([h.orientation for h in headers])
+    best, best_count = left[0], 0
+    while len(left):
+        same = np.all(np.abs(left - left[0]) <= _ORIENTATION_TOL, axis=1)
+        if same.sum() > best_count:
+            best, best_count = left[0], int(same.sum())
+        left = left[~same]
+    return best
 
 
 def _series_number(headers: list[SliceHeader]) -> int | None:
@@ -126,8 +136,11 @@ def _common_folder(paths: list[Path]) -> Path:
     return Path(os.path.commonpath([str(p.parent) for p in paths]))
 
 
-def filter_series_slices(headers: list[SliceHeader], root: Path, notes: list[str]) -> list[SliceHeader]:
-    """Drop files that cannot be slices of this stack (localizers, other planes, colour, multi-frame)."""
+def filter_series_slices(headers: list[SliceHeader], root: Path, notes: list[str],
+                         reasons: list[str] | None = None) -> list[SliceHeader]:
+    """Drop files that cannot be slices of this stack (localizers, other planes, colour, multi-frame).
+
+    ``reasons`` (optional) receives each reason once, most files first."""
     kept = []
     dropped: dict[str, list[Path]] = {}
 
@@ -151,15 +164,76 @@ def filter_series_slices(headers: list[SliceHeader], root: Path, notes: list[str
             kept.append(h)
     if kept:
         iop = _majority_orientation(kept)
-        same = [h for h in kept if np.allclose(h.orientation, iop, atol=_ORIENTATION_TOL)]
-        for h in kept:
-            if not np.allclose(h.orientation, iop, atol=_ORIENTATION_TOL):
+        matches = np.all(np.abs(np.stack([h.orientation for h in kept]) - iop) <= _ORIENTATION_TOL, axis=1)
+        for h, match in zip(kept, matches):
+            if not match:
                 drop("orientation differs from the rest of the series (a localizer or reformat)", h)
-        kept = same
+        kept = [h for h, match in zip(kept, matches) if match]
+    if reasons is not None:
+        reasons.extend(sorted(dropped, key=lambda r: -len(dropped[r])))
     for reason, paths in dropped.items():
         paths = list(dict.fromkeys(paths))  # the frames of one multi-frame file share a path
         notes.append(f"skipped {len(paths)} file(s), {reason}: {name_files(paths, root)}")
     return kept
+
+
+PARALLEL_MIN_FILES = 48  # below this, starting worker processes costs more than it saves
+
+
+def _parse_one(path: Path) -> tuple[str, object]:
+    """('ok', headers or None for a DICOMDIR) | ('not', None) | ('broken', why): picklable for workers."""
+    try:
+        return "ok", read_slice_headers(path)
+    except NotDicomError:
+        return "not", None
+    except BrokenDicomError as exc:
+        return "broken", str(exc)
+
+
+def _parse_chunk(paths: list[Path]) -> list[tuple[str, object]]:
+    return [_parse_one(p) for p in paths]
+
+
+def header_workers(n_files: int) -> int:
+    """Processes for the header pass: parsing is pure Python (GIL-bound), so threads would not help."""
+    if n_files < PARALLEL_MIN_FILES or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:  # cores other programs keep busy do not pay for the processes' start and the results' transfer
+        idle = cores - int(os.getloadavg()[0])
+    except OSError:
+        idle = cores
+    return max(1, min(idle, 8, n_files // (PARALLEL_MIN_FILES // 2)))
+
+
+def _read_headers(paths: list[Path]) -> tuple[list[Path], list[tuple[str, object]]]:
+    """Parse every file's header, in worker processes for big trees (order kept). Memory stays flat: each
+    worker returns only the small SliceHeader records, never a dataset or pixels."""
+    from tqdm import tqdm
+
+    workers = header_workers(len(paths))
+    # A progress bar on a terminal for big trees (100,000 files take minutes); nothing in logs or tests.
+    bar = tqdm(total=len(paths), desc="DICOM headers", unit="file", leave=False, file=sys.stderr,
+               disable=None if len(paths) >= 1000 else True)
+    try:
+        if workers == 1:
+            results = []
+            for p in paths:
+                results.append(_parse_one(p))
+                bar.update()
+            return paths, results
+        chunks = [paths[i:i + 256] for i in range(0, len(paths), 256)]
+        parts = []
+        try:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                for part in pool.map(_parse_chunk, chunks):
+                    parts.append(part)
+                    bar.update(len(part))
+        except (OSError, RuntimeError, BrokenProcessPool):  # no processes to be had: do it here
+            return paths, [_parse_one(p) for p in paths]
+        return paths, [r for part in parts for r in part]
+    finally:
+        bar.close()
 
 
 def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
@@ -174,14 +248,12 @@ def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
     groups: dict[str, list[SliceHeader]] = {}
     synthetic_keys: set[str] = set()
     n_dicom = 0
-    for path in _walk_files(root):
-        try:
-            file_headers = read_slice_headers(path)
-        except NotDicomError:
+    for path, (status, file_headers) in zip(*_read_headers(_walk_files(root))):
+        if status == "not":
             not_dicom.append(path)
             continue
-        except BrokenDicomError as exc:
-            broken.append((path, str(exc)))
+        if status == "broken":
+            broken.append((path, file_headers))
             continue
         if file_headers is None:
             dicomdirs.append(path)
@@ -202,6 +274,7 @@ def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
 
     series: list[DicomSeriesRef] = []
     other: list[DicomSeriesRef] = []
+    set_aside: list[DicomSeriesRef] = []
     for key, headers in groups.items():
         series_notes: list[str] = []
         folder = _common_folder([h.path for h in headers])
@@ -222,16 +295,22 @@ def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
                                  modality=modality or "unknown", description=description,
                                  n_slices=len(headers), notes=series_notes, headers=headers)
             other.append(ref)
+            set_aside.append(_set_aside_ref(key, folder, headers, modality or "unknown", description,
+                                            f"modality {modality or 'unknown'}, not CT"))
             notes.append(f"skipped series {key}, modality {modality or 'unknown'}, not CT: "
                          f"{name_files(ref.files, root)}")
             continue
-        kept = filter_series_slices(headers, root, series_notes)
+        reasons: list[str] = []
+        kept = filter_series_slices(headers, root, series_notes, reasons)
         if not kept:
             notes.extend(series_notes)
+            reason = reasons[0] if reasons else "no image slices"
+            set_aside.append(_set_aside_ref(key, folder, headers, modality, description, reason))
             continue
         if len(kept) < 2 and not allow_single_slice:
             notes.extend(series_notes)
             notes.append(f"skipped single-slice series {key}: {name_files([h.path for h in kept], root)}")
+            set_aside.append(_set_aside_ref(key, folder, headers, modality, description, "a single image"))
             continue
         kept.sort(key=lambda h: (str(h.path), h.frame or 0))
         series.append(DicomSeriesRef(uid=key, folder=folder, files=list(dict.fromkeys(h.path for h in kept)),
@@ -240,7 +319,44 @@ def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
                                      headers=kept, series_number=_series_number(kept)))
         notes.extend(series_notes)
     series.sort(key=lambda r: (str(r.folder), r.uid))
-    return _Scan(root=root, series=series, other_series=other, broken=broken, notes=notes, n_dicom=n_dicom)
+    attribute_broken_files(series, broken)
+    return _Scan(root=root, series=series, other_series=other, broken=broken, notes=notes, n_dicom=n_dicom,
+                 set_aside=set_aside)
+
+
+def _set_aside_ref(key: str, folder: Path, headers: list[SliceHeader], modality: str, description: str,
+                   reason: str) -> DicomSeriesRef:
+    return DicomSeriesRef(uid=key, folder=folder, files=list(dict.fromkeys(h.path for h in headers)),
+                          modality=modality, description=description, n_slices=len(headers),
+                          headers=headers, series_number=_series_number(headers), set_aside=reason)
+
+
+_ATTRIBUTION_BYTES = 1 << 20  # a header (where the UIDs are) is far shorter; pixel data is not searched
+
+
+def attribute_broken_files(series: list[DicomSeriesRef], broken: list[tuple[Path, str]]) -> None:
+    """Give each unreadable file to the series it belongs to, so that reading that series names the file.
+
+    A file cut short in its header still holds the tags before the cut: if the bytes of a series' UID are
+    among them, the file is that series'. Otherwise it goes to ``maybe_broken`` of the series in the same
+    folder (named only if that series turns out to have a gap where the file would be).
+    """
+    if not broken or not series:
+        return
+    for path, why in broken:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(_ATTRIBUTION_BYTES)
+        except OSError:
+            data = b""
+        owners = [ref for ref in series if ref.uid and not ref.uid.startswith("nouid-")
+                  and ref.uid.encode() in data]
+        if len(owners) == 1:
+            owners[0].broken.append((path, why))
+            continue
+        for ref in series:
+            if path.parent in {f.parent for f in ref.files}:
+                ref.maybe_broken.append((path, why))
 
 
 def find_dicom_series(root: Path) -> tuple[list[DicomSeriesRef], list[str]]:

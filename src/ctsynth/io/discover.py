@@ -1,12 +1,21 @@
 """Find the CT studies under a data folder: DICOM series, NIfTI files and TIFF slice series.
 
-A *study* is one 3D series, the unit every later stage works on. Its ``id`` is its path below the root
-without extension, '/'-separated (``case_0001``, ``patient1/SR_2``); several DICOM series in one folder get
-``_s1``, ``_s2``... (ordered by SeriesNumber, then description). Its ``patient`` groups the series of one
-person, so that splits never put one patient on both sides: a ``patientN`` folder or name part where there
-is one (COVID-CTset), else the first folder below the root that is neither a label folder (``COVID/``,
-``normal/``) nor a container (``train/``, ``images/``, ``dicom/``...) nor shared by every study, else the
-study id itself (see :func:`assign_patients`).
+A *study* is one training volume, the unit every later stage works on. Its ``id`` is its path below the
+root without extension, '/'-separated (``case_0001``, ``patient1/SR_2``). Its ``patient`` groups the
+volumes of one person, so that splits never put one patient on both sides.
+
+DICOM comes from the headers: series are grouped into studies by StudyInstanceUID and into patients by
+PatientID, whatever the folders or file names; the series a study is trained on is chosen by the rules of
+:mod:`ctsynth.io.dicom_select` (scouts, reformats, sharp kernels set aside with a note). A DICOM study is
+named by its folder where it has one to itself (identifiers in the path replaced by tokens), else by the
+token of its StudyInstanceUID; its patient is the token of its PatientID (:mod:`ctsynth.io.identity`).
+Clear identifiers stay in memory (``StudyRef.identity()``, for label sheets keyed by PatientID,
+StudyInstanceUID or AccessionNumber); ``Discovery.redact`` turns them into tokens in text bound for output.
+
+NIfTI, TIFF, and DICOM files without those tags, keep the folder rules: the patient is a ``patientN`` folder
+or name part where there is one (COVID-CTset), else the first folder below the root that is neither a label
+folder (``COVID/``, ``normal/``) nor a container (``train/``, ``images/``, ``dicom/``...) nor shared by every
+study, else the study id itself (see :func:`assign_patients`).
 
 Skipped, with a note: hidden files and folders, ``ground_truth/``, ``segmentations/`` and ``masks/`` folders
 (the phantom cohort's and TotalSegmentator's masks), ``__MACOSX``, NIfTI files named like masks
@@ -19,12 +28,15 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import CTSynthError
 from ..volume import CTVolume
+from .dicom_select import SeriesRules, describe_set_aside, folder_of, parse_series_option, select_series
+from .identity import DicomIdentity, Redactor
 from .labels import (LabelTable, find_labels_file, is_label_folder, label_from_path, match_labels,
                      parse_label_map, read_labels_csv)
 from .nifti import is_nifti_path, read_nifti
@@ -65,8 +77,14 @@ class StudyRef:
     options: dict[str, Any] = field(default_factory=dict, repr=False)
     dicom_ref: Any = field(default=None, repr=False)
 
-    def read(self) -> CTVolume:
-        """Read the study into HU (label filled in, discovery notes added to ``meta['notes']``)."""
+    def read(self, canonical: bool = True) -> CTVolume:
+        """Read the study into HU (label filled in, discovery notes added to ``meta['notes']``).
+
+        ``canonical``: reoriented to axial (:func:`ctsynth.io.orientation.to_canonical_axial`), as every
+        volume reaches ``prepare``; False keeps the geometry as stored (``convert``)."""
+        if self.options.get("problem"):
+            raise CTSynthError(self.options["problem"], self.path,
+                               "run 'ctsynth inspect' to see the series, and choose one with --series")
         if self.kind == "nifti":
             volume = read_nifti(self.path)
         elif self.kind == "tiff":
@@ -78,10 +96,18 @@ class StudyRef:
                                        self.series_uid)
         else:
             raise ValueError(f"unknown study kind {self.kind!r}")
+        if canonical:
+            from .orientation import to_canonical_axial
+
+            volume = to_canonical_axial(volume)
         volume.label = self.label
         notes = list(volume.meta.get("notes", []))
         volume.meta["notes"] = notes + [n for n in self.notes if n not in notes]
         return volume
+
+    def identity(self) -> DicomIdentity | None:
+        """The clear DICOM identifiers (in memory only; never written): for grouping and label matching."""
+        return self.options.get("identity")
 
 
 @dataclass
@@ -93,6 +119,7 @@ class Discovery:
     notes: list[str]
     labels_file: Path | None = None
     metadata_file: Path | None = None
+    redact: Redactor = field(default_factory=Redactor)  # clear identifiers -> tokens, for text bound for outputs
 
 
 def _skipped_dir(name: str) -> bool:
@@ -120,11 +147,12 @@ def assign_patients(studies: list["StudyRef"], label_map: dict[str, str]) -> Non
     """
     todo = [s for s in studies if not s.patient]
     for study in todo:
-        match = next((m for m in map(_PATIENT.search, study.id.split("/")) if m), None)
+        match = next((m for m in map(_PATIENT.search, (study.options.get("folder_id") or study.id).split("/")) if m),
+                     None)
         if match:
             study.patient = match.group(0).lower()
     todo = [s for s in todo if not s.patient]
-    folders = {id(s): _patient_folders(s.options.get("folder_id", s.id), label_map) for s in todo}
+    folders = {id(s): _patient_folders(s.options.get("folder_id") or s.id, label_map) for s in todo}
     level = 0
     while True:
         chosen = {id(s): (folders[id(s)][level] if len(folders[id(s)]) > level else None) for s in todo}
@@ -136,7 +164,7 @@ def assign_patients(studies: list["StudyRef"], label_map: dict[str, str]) -> Non
     for study in todo:
         # A folder name alone: equal names in different places (COVID/p1, normal/p1) count as one patient,
         # which can only make a split more cautious.
-        study.patient = chosen[id(study)] or study.options.get("folder_id", study.id)
+        study.patient = chosen[id(study)] or study.options.get("folder_id") or study.id
 
 
 def _strip_nifti_suffix(name: str) -> str:
@@ -151,6 +179,7 @@ def discover(
     label_map: str | dict[str, str] | None = None,
     offset: float | None = None,
     spacing_mm: tuple[float, float, float] | None = None,
+    series: str | SeriesRules | None = None,
 ) -> Discovery:
     """Walk ``root`` and return its studies with labels and patients; see the module docstring.
 
@@ -160,6 +189,8 @@ def discover(
     """
     root = Path(root)
     label_map_dict = parse_label_map(label_map)
+    rules = series if isinstance(series, SeriesRules) else parse_series_option(series)
+    redact = Redactor()
     if not root.exists():
         raise CTSynthError("no such file or folder", root, "check the path to the data")
     notes: list[str] = []
@@ -225,7 +256,7 @@ def discover(
                                         files=files, series=series or "", n_slices=len(files),
                                         options=tiff_options))
         if dicom_candidates:
-            studies.extend(_dicom_studies(root, dicom_candidates, notes))
+            studies.extend(_dicom_studies(root, dicom_candidates, notes, rules, redact))
 
     # Unique ids (a NIfTI 'case1.nii.gz' beside a DICOM folder 'case1/').
     seen: dict[str, int] = {}
@@ -260,7 +291,8 @@ def discover(
         if not labels_path.is_file():
             raise CTSynthError("no such labels file", labels_path, "check the --labels path")
         table = read_labels_csv(labels_path, label_map_dict)
-        csv_labels, label_notes = match_labels(table, [(s.id, s.patient) for s in studies])
+        csv_labels, label_notes = match_labels(table, [(s.id, s.patient) for s in studies],
+                                               {s.id: _label_keys(s) for s in studies})
         notes.extend(label_notes)
     else:
         csv_labels = {}
@@ -268,57 +300,115 @@ def discover(
         if study.id in csv_labels:
             study.label = csv_labels[study.id]
         else:
-            parts = study.id.split("/")
+            parts = study.options.get("folder_id", study.id).split("/") if study.kind == "dicom" \
+                else study.id.split("/")
             if study.kind == "tiff" and study.files and FLAT_NAME.match(study.files[0].name):
                 parts = parts + [study.files[0].name]
             study.label = label_from_path(parts if root.is_dir() else [], label_map_dict)
     studies.sort(key=lambda s: natural_key(s.id))
     return Discovery(root=root, studies=studies, notes=notes, labels_file=labels_path,
-                     metadata_file=metadata_path)
+                     metadata_file=metadata_path, redact=redact)
 
 
-def _dicom_studies(root: Path, candidates: list[Path], notes: list[str]) -> list[StudyRef]:
-    from .dicom_reader import find_dicom_series
+def _label_keys(study: StudyRef) -> dict[str, list[str]]:
+    """What a label row may name a study by besides its id and patient: the clear DICOM identifiers."""
+    identity = study.identity()
+    if identity is None:
+        return {}
+    folder = study.options.get("folder_id") or ""
+    return {"patient": [identity.patient_id], "study_uid": [identity.study_uid], "accession": [identity.accession],
+            "folder": [folder, folder.rsplit("/", 1)[-1]]}
 
-    refs, dicom_notes = find_dicom_series(root)
-    # find_dicom_series also opens the NIfTI, TIFF and dataset files it meets and notes them as non-DICOM;
+
+def _dicom_studies(root: Path, candidates: list[Path], notes: list[str], rules: SeriesRules,
+                   redact: Redactor) -> list[StudyRef]:
+    """One StudyRef per training volume: series grouped into studies by StudyInstanceUID (by folder where a
+    file has none), the volume(s) of each study chosen by :func:`ctsynth.io.dicom_select.select_series`."""
+    from .dicom_series import scan_dicom_tree
+
+    scan = scan_dicom_tree(root)
+    refs, dicom_notes = scan.series, scan.notes
+    # scan_dicom_tree also opens the NIfTI, TIFF and dataset files it meets and notes them as non-DICOM;
     # that note is replaced by one naming only the files that were candidates for DICOM.
     # Notes about one series travel with that study, not with the tree.
     series_notes = {n for ref in refs for n in getattr(ref, "notes", [])}
     other_notes = [n for n in dicom_notes if "non-DICOM file(s)" not in n]
     notes.extend(n for n in other_notes if n not in series_notes)
-    in_series = {Path(f) for ref in refs for f in ref.files}
+    in_series = {Path(f) for ref in refs + scan.set_aside for f in ref.files}
     unused = [p for p in candidates if p not in in_series
               and not any(_rel(p, root) in note for note in other_notes)]
     if unused:
         shown = ", ".join(_rel(p, root) for p in unused[:5]) + (f" and {len(unused) - 5} more"
                                                                  if len(unused) > 5 else "")
         notes.append(f"skipped {len(unused)} file(s) that are not CT images ctsynth reads: {shown}")
-    kept = []
-    for ref in refs:
-        folder = Path(ref.folder)
+
+    def outside_skipped_dirs(ref) -> bool:
         try:
-            parts = folder.relative_to(root).parts
+            parts = Path(ref.folder).relative_to(root).parts
         except ValueError:
             parts = ()
-        if any(_skipped_dir(p) for p in parts):
+        return not any(_skipped_dir(p) for p in parts)
+
+    groups: dict[tuple[str, str], tuple[list, list]] = {}
+    for ref, bucket in [(r, 0) for r in refs] + [(r, 1) for r in scan.set_aside]:
+        if not outside_skipped_dirs(ref):
             continue
-        kept.append(ref)
-    by_folder: dict[Path, list] = {}
-    for ref in kept:
-        by_folder.setdefault(Path(ref.folder), []).append(ref)
+        study_uid = _majority(h.study_uid for h in ref.headers)
+        key = ("uid", study_uid) if study_uid else ("folder", str(ref.folder))
+        groups.setdefault(key, ([], []))[bucket].append(ref)
+
     studies = []
-    for folder, group in by_folder.items():
-        group.sort(key=lambda r: (getattr(r, "series_number", None) is None,
-                                  getattr(r, "series_number", None) or 0, r.description or "", r.uid))
+    planned = []
+    for (kind, value), (readable, aside) in groups.items():
+        if not readable:
+            continue  # a study of scouts or non-CT only: the tree notes already name its files
+        headers = [h for ref in readable + aside for h in ref.headers]
+        identity = DicomIdentity(patient_id=_majority(h.patient_id for h in headers),
+                                 study_uid=value if kind == "uid" else "",
+                                 accession=_majority(h.accession for h in headers))
+        redact.add_identity(identity, [r.uid for r in readable + aside])
+        choices = select_series(readable, aside, rules)
+        readable_ids = {id(ref) for ref in readable}
+        planned.append((kind, identity, choices, folder_of([c for c in choices if id(c.ref) in readable_ids])))
+    # A study is named by its folder (redacted: a TCIA-style folder named after the PatientID shows its token
+    # instead) where that folder is its own; studies sharing a folder (a flat dump) by their token.
+    shared = Counter(folder for _, _, _, folder in planned)
+    for kind, identity, choices, folder in planned:
+        used = [c for c in choices if c.used]
         base = _rel(folder, root)
-        for k, ref in enumerate(group, start=1):
-            study_id = base if len(group) == 1 else f"{base}_s{k}"
-            studies.append(StudyRef(id=study_id, patient="", kind="dicom", path=folder,
-                                    notes=list(getattr(ref, "notes", [])),
+        if kind == "uid" and shared[folder] > 1:
+            base_id = identity.study_token
+        else:
+            base_id = redact(base)
+        set_aside = describe_set_aside(choices)
+        common = {"folder_id": "" if folder == root else base, "identity": identity,
+                  "choices": [c.summary() for c in choices]}
+        patient = identity.patient_token
+        if not used:
+            problem = "; ".join(set_aside) or "no series to read"
+            studies.append(StudyRef(id=base_id, patient=patient, kind="dicom", path=folder, notes=[],
+                                    series="", n_slices=0, files=[],
+                                    options={**common, "problem": f"no series of this study can be a training "
+                                             f"volume ({problem})"}))
+            continue
+        used.sort(key=lambda c: (c.ref.series_number is None, c.ref.series_number or 0, c.ref.description, c.ref.uid))
+        for k, c in enumerate(used, start=1):
+            ref = c.ref
+            if len(used) == 1:
+                study_id = base_id
+            else:
+                number = ref.series_number if ref.series_number is not None else k
+                study_id = f"{base_id}_s{number}"
+            studies.append(StudyRef(id=study_id, patient=patient, kind="dicom", path=Path(ref.folder),
+                                    notes=list(getattr(ref, "notes", [])) + set_aside,
                                     series=ref.description or "", series_uid=ref.uid, n_slices=ref.n_slices,
-                                    files=list(ref.files), dicom_ref=ref, options={"folder_id": base}))
+                                    files=list(ref.files), dicom_ref=ref, options=dict(common)))
     return studies
+
+
+def _majority(values) -> str:
+    counts = Counter(v for v in values if v)
+    return counts.most_common(1)[0][0] if counts else ""
 
 
 def discover_studies(
@@ -329,7 +419,8 @@ def discover_studies(
     label_map: str | dict[str, str] | None = None,
     offset: float | None = None,
     spacing_mm: tuple[float, float, float] | None = None,
+    series: str | SeriesRules | None = None,
 ) -> list[StudyRef]:
     """The studies under ``root`` (see :func:`discover`, which also returns notes about the tree)."""
     return discover(root, labels=labels, metadata=metadata, label_map=label_map, offset=offset,
-                    spacing_mm=spacing_mm).studies
+                    spacing_mm=spacing_mm, series=series).studies

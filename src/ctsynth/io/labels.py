@@ -1,5 +1,8 @@
 """Study labels (``covid`` / ``normal``) from folder names, a labels CSV, or COVID-CTset's Patient_details.csv.
 
+A CSV's id column names what its ids are (:data:`KEY_KINDS`): study ids or patients (also a DICOM PatientID
+or a DICOM study's folder), or DICOM StudyInstanceUIDs or AccessionNumbers.
+
 Sources, strongest first: a CSV given with ``--labels FILE``; else ``labels.csv`` or ``Patient_details.csv``
 found at the data root; then, for studies the CSV does not name, a folder name on the study's path below the
 root (``COVID/``, ``normal/``, ``Positive/``... case-insensitive). Values are mapped onto the two labels by
@@ -24,7 +27,15 @@ DEFAULT_ALIASES = {
     "covid": "covid", "covid19": "covid", "positive": "covid",
     "normal": "normal", "negative": "normal", "noncovid": "normal", "noncovid19": "normal", "healthy": "normal",
 }
-STUDY_COLUMNS = ("study", "study_id", "id", "case", "case_id", "patient", "patient id", "patient_id", "subject")
+STUDY_COLUMNS = ("study", "study_id", "id", "case", "case_id", "patient", "patient id", "patient_id", "patientid",
+                 "subject", "subject id", "subject_id", "studyinstanceuid", "study instance uid", "study_uid",
+                 "study uid", "accessionnumber", "accession number", "accession_number", "accession")
+# What the id column's name says the ids are (docs/io.md): a study id or patient (matched against both, as
+# COVID-CTset and RICORD sheets name patients in a 'patient' column), or a DICOM StudyInstanceUID /
+# AccessionNumber (matched against those header values only).
+KEY_KINDS = {"studyinstanceuid": "study_uid", "study instance uid": "study_uid", "study_uid": "study_uid",
+             "study uid": "study_uid", "accessionnumber": "accession", "accession number": "accession",
+             "accession_number": "accession", "accession": "accession"}
 LABEL_COLUMNS = ("label", "class", "covid-19 infection", "diagnosis")
 _SUFFIXES = (".nii.gz", ".nii", ".tiff", ".tif", ".dcm")
 
@@ -99,6 +110,7 @@ class LabelTable:
     entries: dict[str, str]
     patient_details: bool = False  # COVID-CTset's dataset-wide Patient_details.csv
     rows: dict[str, str] = field(default_factory=dict)  # key -> the id as written in the file
+    key_kind: str = "study"  # "study" (study id or patient), "study_uid" or "accession": see KEY_KINDS
 
 
 def find_labels_file(root: Path) -> Path | None:
@@ -154,7 +166,8 @@ def read_labels_csv(path: str | Path, label_map: dict[str, str] | None = None) -
         entries[key] = label
         rows[key] = raw_id
     details = label_column.strip().lower() == "covid-19 infection"
-    return LabelTable(path=path, entries=entries, patient_details=details, rows=rows)
+    return LabelTable(path=path, entries=entries, patient_details=details, rows=rows,
+                      key_kind=KEY_KINDS.get(id_column.strip().lower(), "study"))
 
 
 def label_from_path(parts: Iterable[str], label_map: dict[str, str] | None = None) -> str | None:
@@ -177,9 +190,13 @@ def is_label_folder(name: str, label_map: dict[str, str] | None = None) -> bool:
     return _lookup(name, label_aliases(label_map)) is not None
 
 
-def match_labels(table: LabelTable, studies: list[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
+def match_labels(table: LabelTable, studies: list[tuple[str, str]],
+                 extra: dict[str, dict[str, list[str]]] | None = None) -> tuple[dict[str, str], list[str]]:
     """Labels for ``(study_id, patient)`` pairs from ``table``: by study id first, then by patient id.
 
+    ``extra`` gives, per study id, the DICOM header values a row may name instead (``patient``: PatientID,
+    ``study_uid``, ``accession``) and the study's ``folder`` (a DICOM study's id is a token, but a sheet made
+    for ``case_0001/`` folders still names the folder); which ones count is the table's ``key_kind``.
     Returns ``(labels by study id, notes)``. Rows naming no study are an error for a labels CSV (a typo or
     the wrong data folder), and a note for COVID-CTset's Patient_details.csv, which lists every patient of the
     dataset even when only part of it was downloaded.
@@ -187,7 +204,12 @@ def match_labels(table: LabelTable, studies: list[tuple[str, str]]) -> tuple[dic
     used: set[str] = set()
     labels: dict[str, str] = {}
     for study_id, patient in studies:
-        for key in (study_key(study_id), study_key(patient)):
+        values = (extra or {}).get(study_id, {})
+        if table.key_kind == "study":
+            candidates = [study_id, patient, *values.get("patient", []), *values.get("folder", [])]
+        else:
+            candidates = list(values.get(table.key_kind, []))
+        for key in (study_key(c) for c in candidates if c):
             if key in table.entries:
                 labels[study_id] = table.entries[key]
                 used.add(key)
@@ -199,7 +221,9 @@ def match_labels(table: LabelTable, studies: list[tuple[str, str]]) -> tuple[dic
         if table.patient_details:
             notes.append(f"{table.path.name}: {len(unused)} listed patients have no series here ({shown})")
         else:
-            raise CTSynthError(f"names {len(unused)} studies that are not in the data: {shown}", table.path,
+            what = {"study": "studies", "study_uid": "StudyInstanceUIDs",
+                    "accession": "AccessionNumbers"}[table.key_kind]
+            raise CTSynthError(f"names {len(unused)} {what} that are not in the data: {shown}", table.path,
                                "fix those ids (run 'ctsynth inspect DATA' to list the study ids) or delete "
                                "their rows")
     return labels, notes

@@ -21,6 +21,7 @@ from ..errors import CTSynthError, reader_boundary
 from ..volume import CTVolume
 from .atomic import atomic_file
 from .library_messages import collect_messages
+from .orientation import reorient_to_lps  # noqa: F401  (the one owner; re-exported for callers)
 from .plausible import check_finite_hu, check_volume, spacing_problem
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -30,60 +31,6 @@ _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 def is_nifti_path(path: str | Path) -> bool:
     """True for names ending in .nii or .nii.gz (case-insensitive)."""
     return str(path).lower().endswith(NIFTI_SUFFIXES)
-
-
-def reorient_to_lps(volume: CTVolume) -> CTVolume:
-    """Permute and flip the axes so the direction is as close to identity as axis swaps allow.
-
-    Each index axis is matched to the world axis (L, P, S) it is most aligned with, and flipped where it
-    points the opposite way; origin and direction are updated so every voxel keeps its world position.
-    """
-    direction = volume.direction
-    # Greedy assignment of index axes (columns: x, y, z) to world axes (rows), most aligned first.
-    weights = np.abs(direction)
-    world_of_axis = [-1, -1, -1]
-    used_world: set[int] = set()
-    for flat in np.argsort(-weights, axis=None):
-        world, axis = divmod(int(flat), 3)
-        if world_of_axis[axis] == -1 and world not in used_world:
-            world_of_axis[axis] = world
-            used_world.add(world)
-    # axis_for_world[w] = index axis (0=x, 1=y, 2=z) that becomes the new axis pointing along world w.
-    axis_for_world = [world_of_axis.index(w) for w in range(3)]
-    flips = [direction[w, axis_for_world[w]] < 0 for w in range(3)]
-    if axis_for_world == [0, 1, 2] and not any(flips):
-        return volume
-
-    sz, sy, sx = volume.spacing_mm
-    spacing_xyz = np.array([sx, sy, sz])
-    old_affine = volume.index_to_lps()
-    new_cols = []
-    new_spacing_xyz = []
-    origin = old_affine[:3, 3].copy()
-    hu = volume.hu
-    # Array axis of index axis a (x=0, y=1, z=2) in the (z, y, x) array.
-    array_axis = {0: 2, 1: 1, 2: 0}
-    for w in range(3):
-        axis = axis_for_world[w]
-        step = old_affine[:3, axis]
-        n = volume.shape[array_axis[axis]]
-        if flips[w]:
-            origin = origin + step * (n - 1)
-            step = -step
-            hu = np.flip(hu, axis=array_axis[axis])
-        new_cols.append(step / spacing_xyz[axis])
-        new_spacing_xyz.append(spacing_xyz[axis])
-    # New array order (z, y, x) = old index axes axis_for_world[2], [1], [0].
-    hu = np.transpose(hu, [array_axis[axis_for_world[2]], array_axis[axis_for_world[1]], array_axis[axis_for_world[0]]])
-    return CTVolume(
-        hu=np.ascontiguousarray(hu),
-        spacing_mm=(new_spacing_xyz[2], new_spacing_xyz[1], new_spacing_xyz[0]),
-        origin_mm=tuple(origin),
-        direction=np.stack(new_cols, axis=1) + 0.0,  # + 0.0 turns -0.0 into 0.0
-        label=volume.label,
-        source=volume.source,
-        meta=dict(volume.meta),
-    )
 
 
 def _raw_header(path: Path, block: bytes):

@@ -23,8 +23,9 @@ def read_study(
 ) -> CTVolume:
     """Read one study into HU: a .nii/.nii.gz file, a DICOM file or folder, or a folder of TIFF slices.
 
-    A folder may hold the series anywhere below it; if it holds several, ``series_uid`` picks a DICOM series,
-    otherwise the error lists the study ids found. ``offset``, ``spacing_mm`` and ``metadata`` apply to TIFF.
+    A folder may hold the series anywhere below it; of a DICOM study the series chosen by the rules of
+    :mod:`ctsynth.io.dicom_select` is read (scouts and reformats set aside), or the one ``series_uid`` names;
+    several studies are an error listing their ids. ``offset``, ``spacing_mm`` and ``metadata`` apply to TIFF.
     """
     path = Path(path)
     if not path.exists():
@@ -42,11 +43,15 @@ def read_study(
         from .dicom_reader import read_dicom_series
 
         return read_dicom_series(path, series_uid)
+    from .dicom_select import SeriesRules
+
     found = discover(path, labels=labels, metadata=metadata, label_map=label_map, offset=offset,
-                     spacing_mm=spacing_mm)
+                     spacing_mm=spacing_mm, series=None if series_uid is None else SeriesRules("uid", series_uid))
     studies = found.studies
     if series_uid is not None:
-        studies = [s for s in studies if s.series_uid == series_uid]
+        from .identity import token
+
+        studies = [s for s in studies if series_uid in (s.series_uid, token("ser", s.series_uid or ""))]
         if not studies:
             raise CTSynthError(f"holds no DICOM series with SeriesInstanceUID {series_uid}", path,
                                "run 'ctsynth inspect' on it to list its series")
@@ -54,4 +59,5 @@ def read_study(
         shown = ", ".join(s.id for s in studies[:5]) + (" ..." if len(studies) > 5 else "")
         raise CTSynthError(f"holds {len(studies)} studies ({shown}), not one", path,
                            "point to one study's file or folder, or pick a DICOM series with --series UID")
-    return studies[0].read()
+    # As stored: a copy keeps its geometry (no resampling); prepare and inspect read canonical axial volumes.
+    return studies[0].read(canonical=False)

@@ -51,6 +51,14 @@ def build_scheduler(cfg: DiffusionConfig) -> DDIMScheduler | RFlowScheduler:
     raise CTSynthError(f"unknown diffusion.scheduler '{cfg.scheduler}'", fix=f"use one of {list(SCHEDULERS)}")
 
 
+def sample_generator(seed: int, g: int, device: torch.device | str = "cpu", stream: int = 0) -> torch.Generator:
+    """The generator of global training sample ``g``'s draws (see :func:`training_draws`); ``stream`` > 0 is
+    another model's independent stream of the same sample."""
+    # torch's CPU generator keeps 32 bits of its seed: mix (seed, g) into them rather than shift seed out
+    return torch.Generator(device=device).manual_seed(
+        int(np.random.SeedSequence([int(seed), int(g)] + ([int(stream)] if stream else [])).generate_state(1)[0]))
+
+
 def training_draws(sample_ids: list[int], seed: int, shape: tuple[int, ...], scheduler, label_dropout: float,
                    device: torch.device | str = "cpu",
                    stream: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -69,9 +77,7 @@ def training_draws(sample_ids: list[int], seed: int, shape: tuple[int, ...], sch
     noises, ts, drops = [], [], []
     T = scheduler.num_train_timesteps
     for g in sample_ids:
-        # torch's CPU generator keeps 32 bits of its seed: mix (seed, g) into them rather than shift seed out
-        gen = torch.Generator(device=device).manual_seed(
-            int(np.random.SeedSequence([int(seed), int(g)] + ([int(stream)] if stream else [])).generate_state(1)[0]))
+        gen = sample_generator(seed, g, device, stream)
         if isinstance(scheduler, RFlowScheduler):
             if scheduler.sample_method == "logit-normal":
                 u = torch.sigmoid(torch.randn((), generator=gen, device=device))

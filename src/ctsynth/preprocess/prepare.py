@@ -207,24 +207,28 @@ def prepare_cache(data: str | Path, config: Config, out: str | Path, *, labels: 
                   metadata: str | Path | None = None, label_map: str | dict[str, str] | None = None,
                   offset: float | None = None, spacing_mm: tuple[float, float, float] | None = None,
                   progress: bool = True, split_seed: int = 0,
-                  discover: Callable[..., list[Any]] | None = None) -> CacheManifest:
+                  discover: Callable[..., list[Any]] | None = None, series: Any = None) -> CacheManifest:
     """Build or update the cache in ``out`` from the studies under ``data``; see the module docstring.
 
-    ``labels``, ``metadata``, ``label_map``, ``offset`` and ``spacing_mm`` go to discovery (docs/io.md).
+    ``labels``, ``metadata``, ``label_map``, ``offset``, ``spacing_mm`` and ``series`` (which series of a DICOM
+    study, :mod:`ctsynth.io.dicom_select`) go to discovery (docs/io.md). Paths and reasons written to the
+    manifest pass through discovery's redactor: no PatientID, StudyInstanceUID or AccessionNumber in clear.
     ``discover`` defaults to :func:`ctsynth.io.discover.discover` (its notes go to stderr); tests pass
     their own function returning study objects (``id, patient, kind, path, label, files, read()``).
     """
     root, out = Path(data), Path(out)
     _check_data_config(config.data)
     old = _open_cache(out, config)
+    redact: Callable[[str], str] = str
     if discover is None:
         from ..io.discover import discover as discover_tree
 
         found = discover_tree(root, labels=labels, metadata=metadata, label_map=label_map, offset=offset,
-                              spacing_mm=spacing_mm)
+                              spacing_mm=spacing_mm, series=series)
         for note in found.notes:
             _log(progress, f"ctsynth prepare: note: {note}")
         studies = found.studies
+        redact = found.redact
     else:
         studies = discover(root, labels=labels, metadata=metadata, label_map=label_map)
     if not studies:
@@ -249,7 +253,7 @@ def prepare_cache(data: str | Path, config: Config, out: str | Path, *, labels: 
     for i, study in enumerate(studies, start=1):
         digest = source_hash(study)
         base = {"id": study.id, "patient": study.patient, "label": study.label, "split": splits[study.id],
-                "source": str(study.path), "source_hash": digest}
+                "source": redact(str(study.path)), "source_hash": digest}
         known = previous.get(study.id)
         if known and known.get("source_hash") == digest and known.get("file") == f"studies/{keys[study.id]}.npy" \
                 and (out / known["file"]).is_file():
@@ -263,13 +267,13 @@ def prepare_cache(data: str | Path, config: Config, out: str | Path, *, labels: 
             # Reader failures only (the readers raise CTSynthError; the others are a library's own errors
             # on a damaged file): one bad study must not stop the other 299.
             reason = str(exc) if isinstance(exc, CTSynthError) else f"{type(exc).__name__}: {exc}"
-            manifest.skipped.append({"id": study.id, "source": str(study.path), "reason": reason})
+            manifest.skipped.append({"id": study.id, "source": redact(str(study.path)), "reason": redact(reason)})
             _log(True, f"ctsynth prepare: warning: skipped {study.id}: {reason}")
             continue
         try:
             hu, info = prepare_volume(volume, config.data)
         except CTSynthError as exc:
-            manifest.skipped.append({"id": study.id, "source": str(study.path), "reason": str(exc)})
+            manifest.skipped.append({"id": study.id, "source": redact(str(study.path)), "reason": redact(str(exc))})
             _log(True, f"ctsynth prepare: warning: skipped {study.id}: {exc}")
             continue
         finally:

@@ -1,32 +1,30 @@
-"""Training: stage 1 (autoencoder) then stage 2 (latent diffusion), each one plain loop on Lightning Fabric.
+"""Training: stage 1 (autoencoder) then stage 2 (latent diffusion), or the one stage of the 3D-GAN baseline
+(``model: gan``), each a :class:`~ctsynth.train.runner.Stage` run by the one loop of
+:func:`ctsynth.train.runner.run_stage` on Lightning Fabric.
 
-Run folder layout (``ctsynth train PREP --config NAME --out RUN``)::
-
-    RUN/run.json                      config, data hash, labels, HU window, image shape, target spacing
-    RUN/autoencoder/ckpt-<step>/      checkpoints (see ctsynth.checkpoint), the last K kept
-    RUN/autoencoder/log.jsonl         per-step metrics
-    RUN/autoencoder/model.safetensors final weights;  metrics.json: held-out PSNR/SSIM
-    RUN/autoencoder/done.json         written last: the stage is finished and is not retrained
-    RUN/diffusion/...                 the same, plus latents.safetensors (encoded training set)
+The run folder's layout is described in :mod:`ctsynth.runs`. Rerunning the same ``train`` command continues
+the run: finished stages are skipped, an unfinished one resumes from its newest checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..config import Config
 from ..errors import CTSynthError
+from ..io.atomic import is_leftover
+from ..launch import LaunchOptions, make_fabric
 from ..preprocess.cache import read_manifest
-from .common import LaunchOptions, label_indices, make_fabric, write_json
-from .state import check_fresh_or_resume
+from ..runs import RUN_FILE
+from .common import label_indices, write_json
+from .runner import TrainHooks, clean_folder, run_stage
 
-__all__ = ["LaunchOptions", "train", "check_cache", "RUN_FILE"]
-
-RUN_FILE = "run.json"
+__all__ = ["LaunchOptions", "TrainHooks", "train", "check_cache", "RUN_FILE"]
 
 
 def check_cache(prep_dir: Path, config: Config) -> dict[str, list[dict[str, Any]]]:
@@ -43,18 +41,28 @@ def check_cache(prep_dir: Path, config: Config) -> dict[str, list[dict[str, Any]
     return {"train": train_entries, "held_out": held_out}
 
 
+def studies_hash(entries: dict[str, list]) -> str:
+    """Which studies a run trains and evaluates on (ids, sources and split), so that rerunning a run's command
+    on another cache is refused instead of continuing on other data."""
+    key = sorted((split, str(e["id"]), str(e.get("source_hash", ""))) for split, items in entries.items()
+                 for e in items)
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
 def run_info(config: Config, prep_dir: Path, entries: dict[str, list]) -> dict[str, Any]:
     spacings = np.array([e["spacing_mm"] for e in entries["train"] + entries["held_out"]], dtype=float)
     return {"format": "ctsynth-run/1", "config": config.to_dict(), "config_hash": config.hash(),
             "data_hash": config.data_hash(), "prep_dir": str(Path(prep_dir).resolve()),
+            "studies_hash": studies_hash(entries),
             "labels": list(config.data.labels), "hu_window": list(config.data.hu_window),
             "shape": list(config.data.shape),
             "spacing_mm": [float(s) for s in np.median(spacings, axis=0)],
             "n_train": len(entries["train"]), "n_held_out": len(entries["held_out"])}
 
 
-def prepare_run_dir(run_dir: Path, info: dict[str, Any], resume: bool) -> None:
-    """Write ``run.json``; an existing run made with another config is refused (nothing overwritten)."""
+def prepare_run_dir(run_dir: Path, info: dict[str, Any]) -> None:
+    """Write ``run.json``, or check that the existing run is this one (same config, same studies) so that it
+    continues; another run, or a folder that is not a run, is refused (nothing overwritten)."""
     path = run_dir / RUN_FILE
     if path.is_file():
         try:
@@ -64,39 +72,40 @@ def prepare_run_dir(run_dir: Path, info: dict[str, Any], resume: bool) -> None:
         if old.get("config_hash") != info["config_hash"]:
             raise CTSynthError("this run folder was trained with another config", run_dir,
                                "choose a new --out folder, or use the run's own config")
+        if old.get("studies_hash", info["studies_hash"]) != info["studies_hash"]:
+            raise CTSynthError(f"this run folder was trained on another cache ({old.get('prep_dir')})", run_dir,
+                               "give the run's own cache, or choose a new --out folder")
         return
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+    if run_dir.exists() and any(not is_leftover(p) for p in run_dir.iterdir()):
         raise CTSynthError("the output folder exists and is not a ctsynth run; nothing was written", run_dir,
                            "choose a new --out folder")
     write_json(path, info)
 
 
 def train(prep_dir: str | Path, config: Config, run_dir: str | Path, launch: LaunchOptions | None = None,
-          resume: bool = False, stop_after: dict[str, int] | None = None,
-          fault: Callable[[str, int], bool] | None = None) -> str:
-    """Run the config's stages in order into ``run_dir``; returns "done" or "stopped".
+          hooks: TrainHooks | None = None) -> str:
+    """Run the config's stages in order into ``run_dir``; returns "done" or "stopped" (a signal, or a hook).
 
-    ``stop_after`` (tests, benchmarks) maps a stage name to the step after which it stops, checkpointing
-    as a SIGTERM would; ``fault(stage, step)`` poisons a step's loss with NaN (tests of the guard).
+    An existing run of the same config and cache continues: finished stages are skipped, an unfinished one
+    resumes from its newest checkpoint. ``hooks`` are for tests and benchmarks (:class:`TrainHooks`).
     """
-    from .autoencoder import train_autoencoder
-    from .diffusion import train_diffusion
+    from .autoencoder import AutoencoderStage
+    from .diffusion import DiffusionStage
+    from .gan import GanStage
 
     prep_dir, run_dir = Path(prep_dir), Path(run_dir)
-    launch = launch or LaunchOptions()
+    launch, hooks = launch or LaunchOptions(), hooks or TrainHooks()
     entries = check_cache(prep_dir, config)
     if not entries["train"]:
         raise CTSynthError("the cache has no training studies", prep_dir, "prepare more studies")
     # before the launch: the other ranks (started by the launch, re-running the command) then find it done
-    prepare_run_dir(run_dir, run_info(config, prep_dir, entries), resume)
-    for stage in ("autoencoder", "diffusion"):
-        if not (run_dir / stage / "done.json").is_file():
-            check_fresh_or_resume(run_dir / stage, resume)
+    prepare_run_dir(run_dir, run_info(config, prep_dir, entries))
     fabric = make_fabric(launch, launch.precision or config.train.precision)
-    for stage, loop in (("autoencoder", train_autoencoder), ("diffusion", train_diffusion)):
-        stage_fault = (lambda step, s=stage: fault(s, step)) if fault is not None else None
-        status = loop(fabric, config, prep_dir, run_dir, entries, resume=resume,
-                      stop_after=(stop_after or {}).get(stage), fault=stage_fault)
+    clean_folder(fabric, run_dir)
+    kinds = (GanStage,) if config.model == "gan" else (AutoencoderStage, DiffusionStage)
+    stages = [kind(fabric, config, prep_dir, run_dir, entries) for kind in kinds]
+    for stage in stages:
+        status = run_stage(fabric, stage, run_dir / stage.name, config, hooks)
         if status != "done":
             return status
     return "done"

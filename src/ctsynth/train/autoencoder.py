@@ -1,18 +1,19 @@
-"""Stage 1 loop: the KL autoencoder + patch discriminator on random patches, then held-out PSNR/SSIM.
+"""Stage 1: the KL autoencoder + patch discriminator on random patches, then held-out PSNR/SSIM.
 With ``autoencoder.kind: haar`` there is nothing to train: the stage only measures the transform's
 round trip on the held-out studies and writes ``done.json``.
 
 Per step (``grad_accum`` micro-batches each): generator loss = L1 + kl_weight * KL (+ adv_weight * LSGAN
 generator loss once ``step >= adv_start_step``), then the discriminator's LSGAN loss on real vs detached
-reconstructions. Outputs in ``RUN/autoencoder/``: checkpoints, ``log.jsonl``, ``model.safetensors``,
-``metrics.json`` (held-out reconstruction PSNR/SSIM) and, last, ``done.json``.
+reconstructions. The loop around a step (resume, NaN guard, logs, stopping, checkpoints) is
+:func:`ctsynth.train.runner.run_stage`'s. Outputs in ``RUN/autoencoder/``: checkpoints, ``log.jsonl``,
+``model.safetensors``, ``metrics.json`` (held-out reconstruction PSNR/SSIM) and, last, ``done.json``.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,138 +24,101 @@ from ..config import Config
 from ..models.autoencoder import (build_autoencoder, build_discriminator, decode_latent, downsampling_factor,
                                   encode_volume, is_trained, kl_loss)
 from ..data import Augment, CachePatchDataset, CacheVolumes
-from .common import JsonlLog, StepSampler, StopFlag, now, progress_bar, skip_reason, write_json
-from .state import check_fresh_or_resume, load_stage, restore_after_non_finite, save_stage, set_lr, warn
+from .common import StepSampler, write_json
+from .runner import Clip, Stage
 
 STAGE = "autoencoder"
 
 
-def train_autoencoder(fabric, config: Config, prep_dir: Path, run_dir: Path, entries: dict[str, list],
-                      resume: bool = False, stop_after: int | None = None,
-                      fault: Callable[[int], bool] | None = None) -> str:
-    """Train stage 1 into ``run_dir/autoencoder``. Returns "done", "stopped" (signal or ``stop_after``).
+class AutoencoderStage(Stage):
+    """Stage 1 for :func:`ctsynth.train.runner.run_stage`: what is its own (see the module docstring)."""
 
-    ``fault(step) -> True`` poisons that step's loss with NaN (tests of the non-finite guard).
-    """
-    from monai.losses import PatchAdversarialLoss
+    name = STAGE
 
-    cfg, tcfg = config.autoencoder, config.train
-    stage_dir = run_dir / STAGE
-    if (stage_dir / "done.json").is_file():
-        return "done"
-    check_fresh_or_resume(stage_dir, resume)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    if not is_trained(cfg):
-        if fabric.global_rank == 0:
-            finish_autoencoder(build_autoencoder(cfg).to(fabric.device), config, prep_dir, stage_dir, entries, 0)
-        fabric.barrier()
-        return "done"
-    fabric.seed_everything(tcfg.seed + fabric.global_rank, verbose=False)
+    def __init__(self, fabric, config: Config, prep_dir: Path, run_dir: Path, entries: dict[str, list]) -> None:
+        self.fabric, self.config, self.prep_dir, self.entries = fabric, config, prep_dir, entries
+        self.stage_dir = run_dir / STAGE
+        self.cfg, self.tcfg = config.autoencoder, config.train
+        self.steps, self.lr = self.cfg.steps, self.cfg.lr
+        self.ae: Any = None
 
-    ae = build_autoencoder(cfg, tcfg.grad_checkpointing)
-    disc = build_discriminator(cfg)
-    opt_g = torch.optim.Adam(ae.parameters(), lr=cfg.lr, weight_decay=tcfg.weight_decay)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, weight_decay=tcfg.weight_decay)
-    ae, opt_g = fabric.setup(ae, opt_g)
-    disc, opt_d = fabric.setup(disc, opt_d)
-    modules, optimizers = {"autoencoder": ae, "discriminator": disc}, {"opt_g": opt_g, "opt_d": opt_d}
-    adv_loss = PatchAdversarialLoss(criterion="least_squares")
+    def trains(self) -> bool:
+        return is_trained(self.cfg)
 
-    step, lr_scale = 0, 1.0
-    state = load_stage(fabric, stage_dir, modules, optimizers, restore_rng=True) if resume else None
-    if state is not None:
-        step, lr_scale = state["step"], state.get("lr_scale", 1.0)
-        warn(fabric, f"resuming {STAGE} from step {step} ({state['path']})")
-    set_lr(optimizers, cfg.lr, lr_scale)
+    def load_data(self, fabric) -> None:
+        self.dataset = CachePatchDataset(self.prep_dir, patch=self.cfg.patch, entries=self.entries["train"],
+                                         seed=self.tcfg.seed, augment=Augment() if self.tcfg.augment else None)
 
-    dataset = CachePatchDataset(prep_dir, patch=cfg.patch, entries=entries["train"], seed=tcfg.seed,
-                                augment=Augment() if tcfg.augment else None)
+    def build(self, fabric) -> None:
+        from monai.losses import PatchAdversarialLoss
 
-    def make_loader(start: int):
-        sampler = StepSampler(start, tcfg.grad_accum, fabric.global_rank, fabric.world_size, cfg.batch_size,
-                              len(entries["train"]), tcfg.seed)
+        cfg, tcfg = self.cfg, self.tcfg
+        ae = build_autoencoder(cfg, tcfg.grad_checkpointing)
+        disc = build_discriminator(cfg)
+        opt_g = torch.optim.Adam(ae.parameters(), lr=cfg.lr, weight_decay=tcfg.weight_decay)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, weight_decay=tcfg.weight_decay)
+        self.ae, self.opt_g = fabric.setup(ae, opt_g)
+        self.disc, self.opt_d = fabric.setup(disc, opt_d)
+        self.modules = {"autoencoder": self.ae, "discriminator": self.disc}
+        self.optimizers = {"opt_g": self.opt_g, "opt_d": self.opt_d}
+        self.adv_loss = PatchAdversarialLoss(criterion="least_squares")
+
+    def start(self, step: int) -> None:
+        cfg, tcfg, fabric = self.cfg, self.tcfg, self.fabric
+        sampler = StepSampler(step, tcfg.grad_accum, fabric.global_rank, fabric.world_size, cfg.batch_size,
+                              len(self.entries["train"]), tcfg.seed)
         # its own generator: starting an iterator must not draw from the global RNG (exact resume)
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=tcfg.num_workers,
+        loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=tcfg.num_workers,
                             generator=torch.Generator().manual_seed(tcfg.seed))
-        return iter(fabric.setup_dataloaders(loader, use_distributed_sampler=False))
+        self.batches = iter(fabric.setup_dataloaders(loader, use_distributed_sampler=False))
 
-    batches = make_loader(step)
-    log = JsonlLog(stage_dir / "log.jsonl", fabric.global_rank == 0)
-    bar = progress_bar(fabric.global_rank == 0, cfg.steps, step, STAGE)
-    bad_in_a_row, status, t0 = 0, "done", now()
-    with StopFlag() as stop:
-        while step < cfg.steps:
-            use_adv = cfg.adv_weight > 0 and step >= cfg.adv_start_step
-            totals = {"loss": 0.0, "l1": 0.0, "kl": 0.0, "adv_g": 0.0, "disc": 0.0}
-            for micro in range(tcfg.grad_accum):
-                x = next(batches)["image"]
-                last = micro == tcfg.grad_accum - 1
-                with fabric.no_backward_sync(ae, enabled=not last):
-                    recon, z_mu, z_sigma = ae(x)
-                    l1 = (recon.float() - x.float()).abs().mean()
-                    kl = kl_loss(z_mu.float(), z_sigma.float())
-                    loss = l1 + cfg.kl_weight * kl
-                    if use_adv:
-                        # the raw discriminator (no DDP hooks, frozen): gradients reach only the autoencoder
-                        raw_disc = disc.module.requires_grad_(False)
-                        with fabric.autocast():
-                            adv_g = adv_loss(raw_disc(recon)[-1], target_is_real=True, for_discriminator=False)
-                        raw_disc.requires_grad_(True)
-                        loss = loss + cfg.adv_weight * adv_g
-                        totals["adv_g"] += float(adv_g.detach()) / tcfg.grad_accum
-                    if fault is not None and fault(step):
-                        loss = loss * float("nan")
-                    fabric.backward(loss / tcfg.grad_accum)
+    def uses_adversary(self, step: int) -> bool:
+        return self.cfg.adv_weight > 0 and step >= self.cfg.adv_start_step
+
+    def accumulate(self, step: int, poison: bool) -> tuple[dict[str, float], list[Clip]]:
+        cfg, accum, fabric = self.cfg, self.tcfg.grad_accum, self.fabric
+        ae, disc, adv_loss = self.ae, self.disc, self.adv_loss
+        use_adv = self.uses_adversary(step)
+        totals = {"loss": 0.0, "l1": 0.0, "kl": 0.0, "adv_g": 0.0, "disc": 0.0}
+        for micro in range(accum):
+            x = next(self.batches)["image"]
+            last = micro == accum - 1
+            with fabric.no_backward_sync(ae, enabled=not last):
+                recon, z_mu, z_sigma = ae(x)
+                l1 = (recon.float() - x.float()).abs().mean()
+                kl = kl_loss(z_mu.float(), z_sigma.float())
+                loss = l1 + cfg.kl_weight * kl
                 if use_adv:
-                    with fabric.no_backward_sync(disc, enabled=not last):
-                        d_loss = 0.5 * (adv_loss(disc(recon.detach())[-1], target_is_real=False, for_discriminator=True)
-                                        + adv_loss(disc(x)[-1], target_is_real=True, for_discriminator=True))
-                        fabric.backward(d_loss / tcfg.grad_accum)
-                    totals["disc"] += float(d_loss.detach()) / tcfg.grad_accum
-                totals["loss"] += float(loss.detach()) / tcfg.grad_accum
-                totals["l1"] += float(l1.detach()) / tcfg.grad_accum
-                totals["kl"] += float(kl.detach()) / tcfg.grad_accum
-
-            clip = [(ae, opt_g, tcfg.max_grad_norm)] + ([(disc, opt_d, 0.0)] if use_adv else [])
-            skipped = skip_reason(fabric, all(math.isfinite(v) for v in totals.values()), clip)
-            if skipped:
-                opt_g.zero_grad(set_to_none=True)
-                opt_d.zero_grad(set_to_none=True)
-                bad_in_a_row += 1
-                log.write({"step": step, "skipped": skipped, **{k: str(v) for k, v in totals.items()}})
-                if bad_in_a_row >= tcfg.nan_patience:
-                    restored, lr_scale = restore_after_non_finite(fabric, stage_dir, modules, optimizers, cfg.lr,
-                                                                  lr_scale, bad_in_a_row)
-                    if restored is not None:
-                        step = restored
-                        batches = make_loader(step)
-                    bad_in_a_row = 0
-                    bar.n = step
-                continue
-            bad_in_a_row = 0
-            opt_g.step()
-            opt_g.zero_grad(set_to_none=True)
+                    # the raw discriminator (no DDP hooks, frozen): gradients reach only the autoencoder
+                    raw_disc = disc.module.requires_grad_(False)
+                    with fabric.autocast():
+                        adv_g = adv_loss(raw_disc(recon)[-1], target_is_real=True, for_discriminator=False)
+                    raw_disc.requires_grad_(True)
+                    loss = loss + cfg.adv_weight * adv_g
+                    totals["adv_g"] += float(adv_g.detach()) / accum
+                if poison:
+                    loss = loss * float("nan")
+                fabric.backward(loss / accum)
             if use_adv:
-                opt_d.step()
-                opt_d.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{totals['loss']:.4f}", l1=f"{totals['l1']:.4f}")
-            if step % tcfg.log_every == 0 or step == cfg.steps:
-                log.write({"step": step, **totals, "lr": cfg.lr * lr_scale, "time_s": round(now() - t0, 3)})
-            stopping = fabric.strategy.reduce_boolean_decision(
-                stop.requested or (stop_after is not None and step >= stop_after), all=False)
-            if step % tcfg.checkpoint_every == 0 or step == cfg.steps or stopping:
-                save_stage(fabric, stage_dir, step, modules, optimizers, config, {"stage": STAGE, "lr_scale": lr_scale})
-            if stopping and step < cfg.steps:
-                status = "stopped"
-                break
-    bar.close()
-    log.close()
-    if status == "done" and fabric.global_rank == 0:
-        finish_autoencoder(ae.module, config, prep_dir, stage_dir, entries, step)
-    fabric.barrier()
-    return status
+                with fabric.no_backward_sync(disc, enabled=not last):
+                    d_loss = 0.5 * (adv_loss(disc(recon.detach())[-1], target_is_real=False, for_discriminator=True)
+                                    + adv_loss(disc(x)[-1], target_is_real=True, for_discriminator=True))
+                    fabric.backward(d_loss / accum)
+                totals["disc"] += float(d_loss.detach()) / accum
+            totals["loss"] += float(loss.detach()) / accum
+            totals["l1"] += float(l1.detach()) / accum
+            totals["kl"] += float(kl.detach()) / accum
+        clip = [(ae, self.opt_g, self.tcfg.max_grad_norm)] + ([(disc, self.opt_d, 0.0)] if use_adv else [])
+        return totals, clip
+
+    def update(self, step: int) -> None:
+        self.opt_g.step()
+        if self.uses_adversary(step - 1):
+            self.opt_d.step()
+
+    def finish(self, step: int, train_seconds: float) -> None:
+        ae = self.ae.module if self.ae is not None else build_autoencoder(self.cfg).to(self.fabric.device)
+        finish_autoencoder(ae, self.config, self.prep_dir, self.stage_dir, self.entries, step)
 
 
 def finish_autoencoder(ae: torch.nn.Module, config: Config, prep_dir: Path, stage_dir: Path,

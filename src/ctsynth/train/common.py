@@ -1,4 +1,4 @@
-"""What both training loops share: the Fabric launcher, stop signals, the deterministic data order, logs.
+"""What the stage runner and the stages share: stop signals, the NaN check, the deterministic data order, logs.
 
 Data order is a pure function of ``(seed, step)``: global sample ``g`` (counted over steps, micro-batches,
 ranks and batch slots) is study ``permutation(seed, epoch)[g mod n]`` (a fresh shuffle per epoch), and its
@@ -12,7 +12,6 @@ import json
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,47 +20,7 @@ import torch
 from torch.utils.data import Sampler
 
 from ..errors import CTSynthError
-from ..io.atomic import atomic_write_text
-
-STRATEGIES = ("auto", "ddp", "fsdp")
-PRECISIONS = ("32", "bf16-mixed", "16-mixed")
-
-
-@dataclass
-class LaunchOptions:
-    """How Fabric runs: the same flags for `train` and `generate`."""
-
-    accelerator: str = "auto"
-    devices: int | str = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str | None = None  # None: the config's train.precision
-
-
-def make_fabric(opts: LaunchOptions, precision: str):
-    """Create and launch a Fabric; with several devices this starts the other ranks (re-running the command)."""
-    from lightning.fabric import Fabric
-
-    if opts.strategy not in STRATEGIES:
-        raise CTSynthError(f"unknown strategy '{opts.strategy}'", fix=f"use one of {list(STRATEGIES)}")
-    if precision not in PRECISIONS:
-        raise CTSynthError(f"unknown precision '{precision}'", fix=f"use one of {list(PRECISIONS)}")
-    if opts.strategy == "fsdp":
-        raise CTSynthError(
-            "--strategy fsdp is not supported yet: the EMA and the safetensors checkpoints need whole (unsharded) "
-            "parameters on every rank", fix="use --strategy ddp (the lung and full models fit one 80 GB GPU each)")
-    strategy: Any = opts.strategy
-    if strategy == "ddp" and (opts.accelerator == "cpu" or not torch.cuda.is_available()):
-        from lightning.fabric.strategies import DDPStrategy
-        strategy = DDPStrategy(process_group_backend="gloo")
-    try:
-        fabric = Fabric(accelerator=opts.accelerator, devices=opts.devices, num_nodes=opts.num_nodes,
-                        strategy=strategy, precision=precision)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise CTSynthError(f"cannot start training with these launcher settings ({exc})",
-                           fix="check --accelerator/--devices/--strategy/--precision for this machine") from exc
-    fabric.launch()
-    return fabric
+from ..io.atomic import atomic_write_text, os_error_to_ctsynth
 
 
 class StopFlag:
@@ -152,20 +111,60 @@ def label_indices(entries: list[dict[str, Any]], labels: tuple[str, ...], prep_d
 
 
 class JsonlLog:
-    """Per-step metrics appended to ``<stage>/log.jsonl`` (rank 0 only); a resumed run appends."""
+    """Per-step metrics in ``<stage>/log.jsonl`` (rank 0 only): each completed step's record once.
+
+    A run that goes back to a checkpoint at step N (a resume after a stop, a kill or a full disk; the NaN
+    guard's restore) runs steps N+1... again. So :meth:`rewind` drops the records of completed steps after N
+    (rewriting the file atomically; a line cut short by a kill goes too) and appends one event record, e.g.
+    ``{"event": "resume", "step": N, "checkpoint": "ckpt-0000000N", "dropped": 3}``: the log reads as the run
+    that made the final weights, and says where it was resumed. Records of skipped steps and events stay.
+    """
 
     def __init__(self, path: Path, enabled: bool) -> None:
         self.path, self.enabled = path, enabled
-        self._fh = open(path, "a", encoding="utf-8") if enabled else None
+        self._fh = None
+        self._open()
+
+    def _open(self) -> None:
+        if self.enabled:
+            try:
+                self._fh = open(self.path, "a", encoding="utf-8")
+            except OSError as exc:
+                raise os_error_to_ctsynth(exc, self.path) from exc
 
     def write(self, record: dict[str, Any]) -> None:
         if self._fh is not None:
-            self._fh.write(json.dumps(record) + "\n")
-            self._fh.flush()
+            try:
+                self._fh.write(json.dumps(record) + "\n")
+                self._fh.flush()
+            except OSError as exc:
+                raise os_error_to_ctsynth(exc, self.path) from exc
+
+    def rewind(self, step: int, event: dict[str, Any]) -> None:
+        """Drop the records of completed steps after ``step``, then append ``event`` (with ``step`` and
+        ``dropped``, the number of records dropped). Nothing happens to a log that is empty or absent."""
+        if self._fh is None or not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        self._fh.close()
+        kept, dropped = [], 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or not ("skipped" in record or "event" in record
+                                                    or int(record.get("step", 0)) <= step):
+                dropped += 1
+                continue
+            kept.append(line + "\n")
+        atomic_write_text(self.path, "".join(kept))
+        self._open()
+        self.write({**event, "step": step, "dropped": dropped})
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
+            self._fh = None
 
 
 def progress_bar(enabled: bool, total: int | None, initial: int, desc: str):

@@ -1,4 +1,4 @@
-"""Checkpoint plumbing shared by the two loops: save (rank 0 writes, every rank's RNG inside), resume, restore."""
+"""Checkpoint plumbing of the stage runner: save (rank 0 writes, every rank's RNG inside), resume, restore."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import list_checkpoints, load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..config import Config
 from ..errors import CTSynthError
 from .common import gather_rng_states
@@ -16,22 +16,25 @@ from .common import gather_rng_states
 
 def save_stage(fabric, stage_dir: Path, step: int, modules: dict[str, torch.nn.Module],
                optimizers: dict[str, torch.optim.Optimizer], config: Config, extra: dict[str, Any]) -> None:
-    """Checkpoint ``step``: every rank takes part (RNG gather), rank 0 writes, all wait for it."""
+    """Checkpoint ``step``: every rank takes part (RNG gather), rank 0 writes, all wait for it.
+
+    A write that fails on rank 0 (a full disk) stops every rank: rank 0 raises its one-line error, the others
+    one that points to it, instead of waiting for rank 0 forever.
+    """
     rngs = gather_rng_states(fabric, rng_state())
+    error = None
     if fabric.global_rank == 0:
         state = dict(extra, config=config.to_dict(), hu_window=list(config.data.hu_window),
                      labels=list(config.data.labels),
                      world_size=fabric.world_size, rng=rngs)
-        save_checkpoint(stage_dir, step, {k: m.state_dict() for k, m in modules.items()},
-                        {k: o.state_dict() for k, o in optimizers.items()}, state, config.train.keep_last)
-    fabric.barrier()
-
-
-def check_fresh_or_resume(stage_dir: Path, resume: bool) -> None:
-    """An unfinished stage with checkpoints is only continued with --resume; never silently overwritten."""
-    if not resume and list_checkpoints(stage_dir):
-        raise CTSynthError("this run folder holds checkpoints of an unfinished run", stage_dir.parent,
-                           "add --resume to continue it, or choose a new --out folder")
+        try:
+            save_checkpoint(stage_dir, step, {k: m.state_dict() for k, m in modules.items()},
+                            {k: o.state_dict() for k, o in optimizers.items()}, state, config.train.keep_last)
+        except CTSynthError as exc:
+            error = exc
+    if fabric.strategy.reduce_boolean_decision(error is not None, all=False):  # also the barrier
+        raise error or CTSynthError(f"rank 0 could not write the checkpoint of step {step}", stage_dir,
+                                    "see rank 0's error line")
 
 
 def load_stage(fabric, stage_dir: Path, modules: dict[str, torch.nn.Module],
@@ -62,10 +65,11 @@ def load_stage(fabric, stage_dir: Path, modules: dict[str, torch.nn.Module],
     return state
 
 
-def set_lr(optimizers: dict[str, torch.optim.Optimizer], base_lr: float, scale: float) -> None:
-    for opt in optimizers.values():
+def set_lr(optimizers: dict[str, torch.optim.Optimizer], base_lrs: dict[str, float], scale: float) -> None:
+    """Every optimizer's learning rate: its base rate times the NaN guard's ``scale``."""
+    for name, opt in optimizers.items():
         for group in opt.param_groups:
-            group["lr"] = base_lr * scale
+            group["lr"] = base_lrs[name] * scale
 
 
 def warn(fabric, message: str) -> None:
@@ -74,18 +78,19 @@ def warn(fabric, message: str) -> None:
 
 
 def restore_after_non_finite(fabric, stage_dir: Path, modules: dict[str, torch.nn.Module],
-                             optimizers: dict[str, torch.optim.Optimizer], base_lr: float, lr_scale: float,
-                             in_a_row: int) -> tuple[int | None, float]:
+                             optimizers: dict[str, torch.optim.Optimizer], base_lrs: dict[str, float],
+                             lr_scale: float, in_a_row: int) -> tuple[int | None, float]:
     """The NaN guard's last resort, after ``nan_patience`` skipped steps (non-finite loss or gradient) in a row.
 
     Restores the newest checkpoint (weights and optimizer state, not the RNG: the same batches would fail
-    again), halves the learning rate and says so in one line. Returns the restored step (None when there
+    again), halves the learning rates and says so in one line. Returns the restored step (None when there
     is no checkpoint yet) and the new learning-rate scale.
     """
     state = load_stage(fabric, stage_dir, modules, optimizers, restore_rng=False)
     lr_scale *= 0.5
-    set_lr(optimizers, base_lr, lr_scale)
+    set_lr(optimizers, base_lrs, lr_scale)
+    rates = sorted({lr * lr_scale for lr in base_lrs.values()}, reverse=True)
     warn(fabric, f"{in_a_row} non-finite losses in a row: restored "
                  f"{state['path'] if state else 'nothing (no checkpoint yet)'}, "
-                 f"learning rate halved to {base_lr * lr_scale:g}")
+                 f"learning rate halved to {', '.join(f'{r:g}' for r in rates)}")
     return (state["step"] if state is not None else None), lr_scale

@@ -1,0 +1,82 @@
+"""The fast decoders (ctsynth.io.dicom_codecs) give back exactly the stored values that were encoded, for
+every compressed syntax they take (RLE, JPEG lossless, JPEG-LS, JPEG 2000), signed and unsigned, and fall
+back to pydicom (which names the file) on anything they cannot do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
+
+from ctsynth.io.dicom_codecs import decode_encapsulated, decoder_name
+from ctsynth.io.dicom_headers import read_slice_headers
+from ctsynth.io.dicom_reader import read_dicom_series
+from test_dicom_support import edit, synthetic_volume, write_series
+
+imagecodecs = pytest.importorskip("imagecodecs")
+
+
+def _encode(ds: pydicom.Dataset, syntax: str) -> None:
+    if syntax == RLELossless:
+        ds.compress(RLELossless)
+        return
+    stored = ds.pixel_array
+    raw = stored.view(np.uint16) if stored.dtype == np.int16 else stored
+    if syntax == JPEG2000Lossless:
+        frame = imagecodecs.jpeg2k_encode(stored, level=0, codecformat="J2K")
+    elif syntax == JPEGLSLossless:
+        frame = imagecodecs.jpegls_encode(raw, level=0)
+    else:
+        frame = imagecodecs.jpeg8_encode(raw, lossless=True, predictor=1)
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = syntax
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless])
+@pytest.mark.parametrize("signed", [True, False])
+def test_fast_decoder_gives_the_encoded_values(tmp_path: Path, syntax: str, signed: bool) -> None:
+    files = write_series(synthetic_volume(shape=(4, 20, 24), seed=2), tmp_path / "s")
+    stored: list[np.ndarray] = []
+
+    def recode(ds: pydicom.Dataset) -> None:
+        if not signed:  # unsigned 12-bit stored values, intercept -1024, as many scanners write
+            hu = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
+            ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 0, 12, 11
+            ds.RescaleIntercept = -1024
+            ds.PixelData = np.clip(hu + 1024, 0, 4095).astype(np.uint16).tobytes()
+        stored.append(ds.pixel_array.copy())  # the known answer: what was encoded
+        _encode(ds, syntax)
+
+    for f in files:
+        edit(f, recode)
+    assert decoder_name(syntax) != "pydicom"
+    for f, expected in zip(files, stored):
+        (header,) = read_slice_headers(f)
+        fast = decode_encapsulated(header)
+        assert fast is not None
+        np.testing.assert_array_equal(fast, expected)
+    volume = read_dicom_series(tmp_path / "s")
+    intercept = float(pydicom.dcmread(files[0], stop_before_pixels=True).RescaleIntercept)
+    np.testing.assert_array_equal(volume.hu, np.stack(stored).astype(np.float64) + intercept)
+    if syntax != JPEGLosslessSV1:  # pydicom agrees (its pylibjpeg-libjpeg clips 16-bit lossless JPEG at 4095)
+        np.testing.assert_array_equal(decode_encapsulated(read_slice_headers(files[0])[0]),
+                                      pydicom.dcmread(files[0]).pixel_array)
+
+
+@pytest.mark.filterwarnings("ignore:End of file reached before delimiter")
+def test_cut_short_compressed_file_falls_back_and_is_named(tmp_path: Path) -> None:
+    files = write_series(synthetic_volume(shape=(3, 16, 16)), tmp_path / "s")
+    for f in files:
+        edit(f, lambda ds: _encode(ds, JPEGLosslessSV1))
+    data = files[1].read_bytes()
+    files[1].write_bytes(data[: len(data) - 150])
+    (header,) = read_slice_headers(files[1])
+    assert decode_encapsulated(header) is None  # the fast path declines; pydicom's error names the file
+    with pytest.raises(Exception) as err:
+        read_dicom_series(tmp_path / "s")
+    assert str(files[1]) in str(err.value)
