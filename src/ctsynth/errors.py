@@ -6,7 +6,9 @@ as :class:`CTSynthError`. The CLI prints it as one line and exits non-zero; libr
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 
 class CTSynthError(Exception):
@@ -32,3 +34,23 @@ class CTSynthError(Exception):
         if self.fix:
             text = f"{text} (fix: {' '.join(self.fix.split())})"
         return text
+
+
+@contextlib.contextmanager
+def reader_boundary(path: str | Path, what: str) -> Iterator[None]:
+    """The last line of every reader: any exception other than `CTSynthError` becomes one, naming ``path``.
+
+    Readers check what they parse and name the corrupt file themselves; this only guarantees that a case
+    they did not foresee still reaches the user as one line and exit code 2, never as a traceback.
+    """
+    try:
+        yield
+    except CTSynthError:
+        raise
+    except MemoryError as exc:
+        raise CTSynthError(f"not enough memory to read this {what} (is its header's image size right?)", path,
+                           "check the file, or free memory") from exc
+    except Exception as exc:  # noqa: BLE001 - the purpose of the boundary
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CTSynthError(f"cannot read this {what} ({type(exc).__name__}{': ' + detail if detail else ''})",
+                           path, "re-export or re-copy it; if it opens elsewhere, report this as a ctsynth bug") from exc

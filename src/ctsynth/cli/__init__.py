@@ -8,7 +8,6 @@ Each sub-command lives in its own module here with ``register(subparsers)``, whi
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import sys
 
@@ -43,9 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ctsynth {args.command}: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            print(f"ctsynth {args.command}: error: {exc.filename or ''}: the disk is full "
-                  "(fix: free disk space or write elsewhere)", file=sys.stderr)
+        from pathlib import Path
+
+        from ..io.atomic import disk_full_error, is_disk_full
+
+        where = Path(exc.filename or ".")
+        if is_disk_full(exc, where):  # a write outside the atomic helpers (they already say this)
+            print(f"ctsynth {args.command}: error: {disk_full_error(where)}", file=sys.stderr)
             return 2
         raise
     finally:

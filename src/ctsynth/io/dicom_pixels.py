@@ -12,19 +12,21 @@ cores: on a loaded machine the threads are used.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import multiprocessing
 import os
 import struct
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pydicom
 
 from ..errors import CTSynthError
 from .dicom_headers import SliceHeader
+from .library_messages import collect_messages
 
 _LONG_LENGTH_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"UC", b"UR", b"SQ", b"SV", b"UV"}
 _INSTALL_FIX = ("install the decoders: pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg, "
@@ -51,6 +53,38 @@ def _mask_to_bits_stored(arr: np.ndarray, header: SliceHeader) -> np.ndarray:
     else:
         arr &= np.array((1 << bits) - 1, dtype=arr.dtype)
     return arr
+
+
+def _check_sign_known(arr: np.ndarray, header: SliceHeader) -> np.ndarray:
+    """Refuse pixels whose sign is a guess: PixelRepresentation missing and the top stored bit in use.
+
+    Without the tag, stored values are read as unsigned (the standard's default), which is right as long as
+    no value reaches 2**(BitsStored-1). A signed slice read that way turns -1000 into 64536: HU up to 62,512
+    without a word. Below that bound both readings agree, so such files read normally.
+    """
+    if header.pixel_representation_given or arr.size == 0:
+        return arr
+    top = 1 << (header.bits_stored - 1)
+    if int(arr.max()) >= top:
+        raise CTSynthError(
+            f"PixelRepresentation is missing and the pixel data is ambiguous: stored values reach {int(arr.max())} "
+            f"(>= {top}), which unsigned and signed {header.bits_stored}-bit readings map to different HU",
+            header.path, "re-export the series with PixelRepresentation (0 unsigned, 1 signed) in every file")
+    return arr
+
+
+def _length_problem(header: SliceHeader, length: int, frames: int = 1) -> str | None:
+    """Why a native pixel data element of ``length`` bytes does not fit the header's image size, or None."""
+    expected = header.rows * header.columns * header.samples_per_pixel * frames * (header.bits_allocated // 8)
+    if length in (expected, expected + 1):  # one pad byte keeps an odd length even
+        return None
+    if length < expected:
+        return (f"the pixel data holds {length} of the {expected} bytes that Rows x Columns x BitsAllocated "
+                f"({header.rows} x {header.columns} x {header.bits_allocated}"
+                f"{f' x {frames} frames' if frames > 1 else ''}) need: the file is truncated or its header is wrong")
+    return (f"the pixel data holds {length} bytes, not the {expected} that Rows x Columns x BitsAllocated "
+            f"({header.rows} x {header.columns} x {header.bits_allocated}{f' x {frames} frames' if frames > 1 else ''}) "
+            "need: Rows, Columns or BitsAllocated is wrong")
 
 
 def _read_native(header: SliceHeader, out: np.ndarray | None) -> np.ndarray | None:
@@ -83,30 +117,47 @@ def _read_native(header: SliceHeader, out: np.ndarray | None) -> np.ndarray | No
             start = 8
         if length == 0xFFFFFFFF:
             return None  # encapsulated despite a native transfer syntax: let pydicom sort it out
+        problem = _length_problem(header, length)
+        if problem is not None:
+            raise CTSynthError(problem, header.path,
+                               "re-export or re-copy this file (or remove it and re-export the series)")
         fh.seek(header.pixel_offset + start)
-        got = fh.readinto(memoryview(target).cast("B")) if length >= expected else 0
-    if length < expected or got < expected:
+        got = fh.readinto(memoryview(target).cast("B"))
+    if got < expected:
         raise CTSynthError(
-            f"the file is truncated: its pixel data holds {min(length, got) if got else length} of the {expected} "
+            f"the file is truncated: its pixel data holds {got} of the {expected} "
             f"bytes a {header.rows}x{header.columns} slice needs", header.path,
             "re-export or re-copy this file (or remove it and re-export the series)")
-    return _mask_to_bits_stored(target, header)
+    return _check_sign_known(_mask_to_bits_stored(target, header), header)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _read_with_pydicom(header: SliceHeader, multi_frame: bool = False) -> np.ndarray:
     try:
         ds = pydicom.dcmread(header.path, force=True)
+        syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        if syntax is not None and syntax.is_transfer_syntax and not syntax.is_encapsulated:
+            # pydicom would warn and trim pixel data longer than the header says: refuse it instead.
+            frames = int(ds.get("NumberOfFrames", 1) or 1) if multi_frame else 1  # frame headers say 1 each
+            problem = _length_problem(header, len(ds.PixelData or b""), frames)
+            if problem is not None:
+                raise CTSynthError(problem, header.path, "re-export or re-copy this file")
         arr = ds.pixel_array
+    except CTSynthError:
+        raise
     except (RuntimeError, NotImplementedError, ImportError) as exc:
         text = str(exc)
         if "plugin" in text.lower() or "decod" in text.lower() or isinstance(exc, (ImportError, NotImplementedError)):
-            raise CTSynthError(f"cannot decode the pixel data (transfer syntax {header.transfer_syntax}: {text.splitlines()[0]})",
-                               header.path, _INSTALL_FIX) from exc
-        raise CTSynthError(f"cannot decode the pixel data ({text.splitlines()[0]})", header.path,
+            raise CTSynthError(f"cannot decode the pixel data (transfer syntax {header.transfer_syntax}: "
+                               f"{_first_line(exc)})", header.path, _INSTALL_FIX) from exc
+        raise CTSynthError(f"cannot decode the pixel data ({_first_line(exc)})", header.path,
                            "re-export or re-copy this file") from exc
-    except (ValueError, EOFError, OSError, KeyError, AttributeError, struct.error, IndexError) as exc:
-        raise CTSynthError(f"the pixel data is truncated or corrupt ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''})", header.path,
+    except Exception as exc:  # noqa: BLE001 - pydicom and its decoders raise many types on corrupt pixel data
+        raise CTSynthError(f"the pixel data is truncated or corrupt ({_first_line(exc)})", header.path,
                            "re-export or re-copy this file (or remove it and re-export the series)") from exc
     if multi_frame and arr.ndim == 2:
         arr = arr[None]
@@ -114,6 +165,9 @@ def _read_with_pydicom(header: SliceHeader, multi_frame: bool = False) -> np.nda
     if arr.shape != expected:
         raise CTSynthError(f"decoded pixel data has shape {arr.shape}, expected {expected}",
                            header.path, "re-export this file; ctsynth reads single-frame greyscale CT slices")
+    if arr.dtype.kind not in "iu":
+        raise CTSynthError(f"decoded pixel data is {arr.dtype}, not integer stored values", header.path,
+                           "re-export this file; ctsynth reads integer CT pixel data")
     return arr
 
 
@@ -123,22 +177,38 @@ def decode_stored_values(header: SliceHeader, out: np.ndarray | None = None) -> 
     ``out`` is a hint: uncompressed pixels are read straight into it when the item sizes match (check with
     ``np.shares_memory``); otherwise a new array is returned.
     """
-    if header.pixel_offset is not None:
-        arr = _read_native(header, out)
-        if arr is not None:
-            return arr
-    if header.encapsulated_offset is not None:  # compressed: the fastest installed decoder (dicom_codecs)
-        from .dicom_codecs import decode_encapsulated
+    with _named(header):
+        if header.pixel_offset is not None:
+            arr = _read_native(header, out)
+            if arr is not None:
+                return arr
+        arr = None
+        if header.encapsulated_offset is not None:  # compressed: the fastest installed decoder (dicom_codecs)
+            from .dicom_codecs import decode_encapsulated
 
-        arr = decode_encapsulated(header)
-        if arr is not None:
-            return arr
-    return _read_with_pydicom(header)
+            arr = decode_encapsulated(header)  # None for anything odd (truncated, bad stream): pydicom decides
+        return _check_sign_known(_read_with_pydicom(header) if arr is None else arr, header)
 
 
 def decode_frames(header: SliceHeader) -> np.ndarray:
     """All frames of a multi-frame file as a (frames, rows, columns) array of stored values."""
-    return _read_with_pydicom(header, multi_frame=True)
+    with _named(header):
+        return _check_sign_known(_read_with_pydicom(header, multi_frame=True), header)
+
+
+@contextlib.contextmanager
+def _named(header: SliceHeader) -> Iterator[None]:
+    """The last line of defence: any failure while decoding one file becomes a `CTSynthError` naming it."""
+    try:
+        yield
+    except CTSynthError:
+        raise
+    except MemoryError as exc:
+        raise CTSynthError(f"not enough memory to decode {header.rows} x {header.columns} pixels", header.path,
+                           "check Rows and Columns in this file's header") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise CTSynthError(f"cannot read the pixel data ({_first_line(exc)})", header.path,
+                           "re-export or re-copy this file (or remove it and re-export the series)") from exc
 
 
 def decode_workers(n_items: int) -> int:
@@ -199,25 +269,36 @@ def run_parallel(n_items: int, work: Callable[[int], object], processes: int = 1
     ``processes`` > 1: forked worker processes, each given contiguous spans of items (``work`` must then
     write its output to shared memory, see :func:`shared_empty`, and return what the parent needs);
     otherwise a thread pool. If no process can be started, the threads do the work."""
-    if processes > 1:
-        global _FORKED_WORK
-        step = max(1, -(-n_items // (processes * 4)))
-        spans = [(a, min(a + step, n_items)) for a in range(0, n_items, step)]
-        _FORKED_WORK = work
-        try:
-            with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
-                results = [r for part in pool.map(_run_span, spans) for r in part]
-        except (OSError, RuntimeError, BrokenProcessPool):
-            results = None
-        finally:
-            _FORKED_WORK = None
-        if results is not None:
-            for r in results:
-                if isinstance(r, _Failed):
-                    raise r.exc
-            return results
-    workers = decode_workers(n_items)
-    if workers == 1:
-        return [work(i) for i in range(n_items)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return [future.result() for future in [pool.submit(work, i) for i in range(n_items)]]
+    with collect_messages("pydicom"):
+        # pydicom's decoders warn about what the checks here refuse or accept on purpose (a compressed frame
+        # as long as the raw one, trailing bytes); the user gets errors and notes, not library warnings.
+        # Set once here, in the calling thread, around all workers (warning filters are process-wide, and
+        # forked workers inherit them).
+        if processes > 1:
+            results = _run_forked(n_items, work, processes)
+            if results is not None:
+                return results
+        workers = decode_workers(n_items)
+        if workers == 1:
+            return [work(i) for i in range(n_items)]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return [future.result() for future in [pool.submit(work, i) for i in range(n_items)]]
+
+
+def _run_forked(n_items: int, work: Callable[[int], object], processes: int) -> list[object] | None:
+    """:func:`run_parallel` on forked processes; None if no process could be started."""
+    global _FORKED_WORK
+    step = max(1, -(-n_items // (processes * 4)))
+    spans = [(a, min(a + step, n_items)) for a in range(0, n_items, step)]
+    _FORKED_WORK = work
+    try:
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+            results = [r for part in pool.map(_run_span, spans) for r in part]
+    except (OSError, RuntimeError, BrokenProcessPool):
+        return None
+    finally:
+        _FORKED_WORK = None
+    for r in results:
+        if isinstance(r, _Failed):
+            raise r.exc
+    return results

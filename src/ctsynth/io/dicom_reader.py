@@ -17,11 +17,12 @@ import numpy as np
 from pydicom.uid import UID
 from scipy import ndimage
 
-from ..errors import CTSynthError
+from ..errors import CTSynthError, reader_boundary
 from ..volume import CTVolume
 from .dicom_geometry import StackPlan, plan_stack
 from .dicom_headers import BrokenDicomError, NotDicomError, SliceHeader, read_slice_headers
 from .dicom_pixels import decode_frames, decode_processes, decode_stored_values, run_parallel, shared_empty
+from .plausible import check_volume, hu_range_problem, spacing_problem
 from .dicom_series import DicomSeriesRef, find_dicom_series, name_files, scan_dicom_tree
 
 __all__ = ["DicomSeriesRef", "find_dicom_series", "read_dicom_series"]
@@ -143,6 +144,11 @@ def _decode_hu(headers: list[SliceHeader], dtype: np.dtype | None = None) -> np.
             raw = decode_stored_values(h) if raw is None else raw
             np.multiply(raw, np.float32(h.slope), out=target, casting="unsafe")
             target += np.float32(h.intercept)
+            # Only float32 HU can leave the range (int16 always fits; int32 is stored as int16 or redone here).
+            problem = hu_range_problem(target)
+            if problem:
+                raise CTSynthError(f"{problem} after RescaleSlope {h.slope:g} and RescaleIntercept {h.intercept:g}",
+                                   h.path, "check this file's rescale tags and pixel data, or re-export it")
         elif dtype == np.int16 and -32768 <= h.intercept <= 32767:
             # Integer HU that fit int16: read straight into the output and add the intercept in place. int16
             # arithmetic wraps, so even unsigned stored values land right whenever the final HU fit.
@@ -263,19 +269,37 @@ def _meta(headers: list[SliceHeader], plan: StackPlan, n_files: int, notes: list
     return meta
 
 
+def _with_skipped(error: CTSynthError, notes: list[str]) -> CTSynthError:
+    """A geometry refusal (a gap, uneven steps) that also names the files skipped on the way: a slice that
+    seems missing is often a file of the series that was skipped (another SeriesInstanceUID, no position)."""
+    skipped = [n for n in notes if n.startswith(("skipped", "unreadable"))]
+    if not skipped:
+        return error
+    return CTSynthError(f"{error.problem}; note: {'; '.join(skipped[:3])}", error.path, error.fix)
+
+
 def read_dicom_series(source: Path | str | DicomSeriesRef, series_uid: str | None = None) -> CTVolume:
     """Read one CT series (a folder, a file, or a `DicomSeriesRef`) into a `CTVolume` in HU.
 
     ``series_uid`` picks one series when a folder holds several. Raises `CTSynthError` for anything that
-    cannot be read honestly; everything it fixed or skipped on the way is listed in ``meta["notes"]``.
+    cannot be read honestly (and nothing else: see `reader_boundary`); everything it fixed or skipped on the
+    way is listed in ``meta["notes"]``.
     """
+    where = source.folder if isinstance(source, DicomSeriesRef) else source
+    with reader_boundary(where, "DICOM series"):
+        volume = _read_dicom_series(source, series_uid)
+    return check_volume(volume, where, "re-export the series; its slice positions or spacing are not a CT grid")
+
+
+def _read_dicom_series(source: Path | str | DicomSeriesRef, series_uid: str | None) -> CTVolume:
     if isinstance(source, DicomSeriesRef):
         ref, scan_notes = source, []
     else:
         ref, scan_notes = _select_series(Path(source), series_uid)
     _refuse_broken_files(ref)
     headers = _headers_of(ref)
-    notes = list(dict.fromkeys(scan_notes + ref.notes))
+    notes = list(dict.fromkeys(scan_notes + ref.notes + [f"{name_files([h.path], ref.folder)}: {n}" for h in headers
+                                                         for n in h.notes]))
     try:
         plan = plan_stack(headers, ref.folder)
     except CTSynthError as exc:
@@ -284,8 +308,12 @@ def read_dicom_series(source: Path | str | DicomSeriesRef, series_uid: str | Non
             raise CTSynthError(f"this file beside series '{ref.description or ref.uid}' cannot be read ({why}), "
                                f"and the series lacks slices where it would be ({exc.problem})", path,
                                _BROKEN_FIX) from exc
-        raise
+        raise _with_skipped(exc, notes) from exc
     notes.extend(plan.notes)
+    problem = spacing_problem([plan.z_step], "the step between slice positions")
+    if problem:  # every step is this large (or small): name the files whose positions say so
+        raise CTSynthError(f"{problem} ({name_files([h.path for h in plan.headers], ref.folder)})", ref.folder,
+                           "check ImagePositionPatient in these files, or re-export the series")
     hu = _decode_hu(plan.headers)
     hu = _resolve_duplicates(hu, plan, ref.folder, notes)
     if plan.shifts_px is not None:

@@ -11,11 +11,13 @@ from a full parse.
 Only the common case takes this path: a Part 10 file (``DICM`` marker) in implicit or explicit VR little
 endian or an encapsulated (compressed) syntax, single-frame. Everything else (raw datasets without a
 preamble, big endian, deflate, Enhanced multi-frame CT with its functional group sequences) returns None
-and is parsed in full as before; so does any trouble on the way.
+and is parsed in full as before; so does any trouble on the way (a data set whose VR encoding differs from
+its file meta, an element running past the end of the file), so that the full parse's checks name it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydicom import config
@@ -55,10 +57,17 @@ def read_needed_elements(path: Path) -> tuple[Dataset, int, bytes] | None:
             if syntax not in _SIMPLE_SYNTAXES and not syntax.startswith(_ENCAPSULATED_PREFIX):
                 return None
             implicit = syntax == "1.2.840.10008.1.2"
+            start = fp.tell()
+            vr = fp.read(6)[4:6]
+            if len(vr) == 2 and (0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B) == implicit:
+                return None  # VR encoding differs from the file meta (a relabelled file): the full parse notes it
+            fp.seek(start)
             elements = {e.tag: e for e in data_element_generator(
                 fp, implicit, True, stop_when=lambda tag, vr, length: _is_pixel_data(tag), specific_tags=NEEDED_TAGS)}
             end_of_header = fp.tell()
             next_tag = fp.read(4)
+            if end_of_header > os.fstat(fp.fileno()).st_size:
+                return None  # an element skipped past the end: truncated, the full parse names it
     except Exception:  # anything odd: the full parse decides (and names the file if it is broken)
         return None
     if 0x00280008 in elements or 0x52009230 in elements or 0x00041220 in elements:

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CTSynthError
+from ..errors import CTSynthError, reader_boundary
 from ..volume import CTVolume
 from .atomic import atomic_file
+from .library_messages import collect_messages
 from .orientation import reorient_to_lps  # noqa: F401  (the one owner; re-exported for callers)
+from .plausible import check_finite_hu, check_volume, spacing_problem
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -31,7 +33,64 @@ def is_nifti_path(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+def _raw_header(path: Path, block: bytes):
+    """The header as stored, before nibabel's fixes (which turn a negative voxel size positive)."""
+    import nibabel as nib
+
+    if len(block) < 348:
+        raise CTSynthError(f"the file holds {len(block)} bytes, less than a NIfTI header", path,
+                           "re-export or re-download the file")
+    for klass in (nib.Nifti1Header, nib.Nifti2Header):
+        size = klass.template_dtype.itemsize
+        for order in ("<", ">"):
+            if int(np.frombuffer(block[:4], dtype=f"{order}i4")[0]) == size:
+                return klass(binaryblock=block[:size], endianness=order, check=False)
+    raise CTSynthError("not a NIfTI file (its header size is neither 348 nor 540)", path,
+                       "re-export it as .nii or .nii.gz, or remove it from the data folder")
+
+
+def _check_raw_geometry(header, path: Path) -> None:
+    """Refuse voxel sizes that only nibabel's silent repairs would make usable.
+
+    When no sform is used, the geometry comes from pixdim (with the qform's rotation): a zero, negative or
+    non-finite pixdim is then a corrupt header, not something to take the absolute value of or to replace
+    with 1 mm. With a valid sform, pixdim is not used, and the sform itself is checked by `check_volume`.
+    """
+    if int(header["sform_code"]) > 0:
+        return
+    pixdim = [float(v) for v in header["pixdim"][1:4]]
+    if not all(np.isfinite(pixdim)) or min(pixdim) <= 0:
+        form = "qform" if int(header["qform_code"]) > 0 else "pixdim (no sform or qform)"
+        raise CTSynthError(f"the voxel size pixdim[1:4] = {pixdim} is not positive and finite, and the geometry "
+                           f"comes from the {form}", path,
+                           "fix the header's voxel sizes (e.g. nibabel set_zooms) or re-export the file")
+    if int(header["qform_code"]) > 0:
+        quatern = [float(header[k]) for k in ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
+                                              "qoffset_z")]
+        if not all(np.isfinite(quatern)) or sum(q * q for q in quatern[:3]) > 1.0 + 1e-3:
+            raise CTSynthError(f"the qform quaternion or offset {quatern} is not a rotation and a position", path,
+                               "fix the header's qform or re-export the file")
+
+
+def _check_data_size(path: Path, header, file_size: int) -> None:
+    """The voxel bytes after vox_offset must be what dim x datatype say; a changed dim otherwise reads a
+    smaller volume out of the same bytes without a word."""
+    shape = header.get_data_shape()
+    needed = int(np.prod(shape, dtype=np.int64)) * header.get_data_dtype().itemsize
+    have = file_size - int(header["vox_offset"])
+    if have != needed:
+        raise CTSynthError(f"the file holds {have} bytes of voxel data, but its header (dim {list(shape)}, "
+                           f"{header.get_data_dtype()}) needs {needed}: the header or the data is corrupt", path,
+                           "re-export or re-download the file")
+
+
 def _load(path: Path):
+    """The nibabel image, after the raw header and the data size are checked.
+
+    A .nii is memory-mapped by nibabel. A .nii.gz (or a gzipped file by any name) is decompressed here in
+    full: that checks the gzip CRC, which nibabel's partial reads skip, so a flipped byte in the compressed
+    stream is an error instead of silently different voxels.
+    """
     import nibabel as nib
 
     if not path.is_file():
@@ -39,12 +98,26 @@ def _load(path: Path):
     try:
         with open(path, "rb") as fh:
             gzipped = fh.read(2) == b"\x1f\x8b"
-        if gzipped != path.name.lower().endswith(".gz"):
-            # Misnamed: a plain .nii called .nii.gz, or a gzipped file called .nii. Read by content.
-            raw = path.read_bytes()
-            image = nib.Nifti1Image.from_bytes(gzip.decompress(raw) if gzipped else raw)
+        plain = gzip.decompress(path.read_bytes()) if gzipped else None
+        if plain is None:
+            with open(path, "rb") as fh:
+                block = fh.read(540)
+            file_size = path.stat().st_size
+        else:
+            block, file_size = plain[:540], len(plain)
+        raw_header = _raw_header(path, block)
+        _check_raw_geometry(raw_header, path)
+        _check_data_size(path, raw_header, file_size)
+        if plain is not None:
+            klass = nib.Nifti2Image if isinstance(raw_header, nib.Nifti2Header) else nib.Nifti1Image
+            image = klass.from_bytes(plain)
+        elif path.name.lower().endswith(".gz"):  # a plain .nii called .nii.gz: read by content
+            image = nib.Nifti1Image.from_bytes(path.read_bytes()) if isinstance(raw_header, nib.Nifti1Header) \
+                else nib.Nifti2Image.from_bytes(path.read_bytes())
         else:
             image = nib.load(str(path))
+    except CTSynthError:
+        raise
     except (nib.filebasedimages.ImageFileError, nib.wrapstruct.WrapStructError, nib.spatialimages.HeaderDataError,
             EOFError, OSError, ValueError, zlib.error) as exc:
         raise CTSynthError(f"not a readable NIfTI file ({exc})", path,
@@ -68,6 +141,15 @@ def read_nifti(path: str | Path, *, reorient: bool = True) -> CTVolume:
     volume is accepted; more volumes, fewer than 3 dimensions, or NaN/inf voxels are refused.
     """
     path = Path(path)
+    with reader_boundary(path, "NIfTI file"), collect_messages("nibabel", "nibabel.global") as messages:
+        volume = _read_nifti(path)
+    if messages:
+        volume.meta["notes"] = volume.meta["notes"] + [f"nibabel: {m}" for m in dict.fromkeys(messages)]
+    check_volume(volume, path, "fix the file's sform/qform and voxel sizes, or re-export it")
+    return reorient_to_lps(volume) if reorient else volume
+
+
+def _read_nifti(path: Path) -> CTVolume:
     image = _load(path)
     shape = image.shape
     if len(shape) < 3:
@@ -105,6 +187,9 @@ def read_nifti(path: str | Path, *, reorient: bool = True) -> CTVolume:
     if not np.all(spacing_xyz > 0) or not np.all(np.isfinite(affine)):
         raise CTSynthError(f"the affine is degenerate (voxel sizes {spacing_xyz.tolist()})", path,
                            "fix the file's sform/qform (e.g. with nibabel or fslorient)")
+    problem = spacing_problem(spacing_xyz[::-1], "voxel size (z, y, x)")
+    if problem:
+        raise CTSynthError(problem, path, "fix the file's sform/qform and voxel sizes, or re-export it")
     header = image.header
     notes = []
     if int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0:
@@ -116,7 +201,7 @@ def read_nifti(path: str | Path, *, reorient: bool = True) -> CTVolume:
         "nifti_sform_code": int(header["sform_code"]),
         "nifti_qform_code": int(header["qform_code"]),
     }
-    volume = CTVolume(
+    return CTVolume(
         hu=np.ascontiguousarray(np.transpose(data, (2, 1, 0))),
         spacing_mm=(_f32(spacing_xyz[2]), _f32(spacing_xyz[1]), _f32(spacing_xyz[0])),
         origin_mm=tuple(_f32(v) for v in affine[:3, 3]),
@@ -124,7 +209,6 @@ def read_nifti(path: str | Path, *, reorient: bool = True) -> CTVolume:
         source=str(path),
         meta=meta,
     )
-    return reorient_to_lps(volume) if reorient else volume
 
 
 def nifti_affine(volume: CTVolume) -> np.ndarray:
@@ -161,6 +245,7 @@ def write_nifti(volume: CTVolume, path: str | Path, *, overwrite: bool = False) 
                            "remove it, choose another name, or pass --overwrite")
     if path.is_dir():
         raise CTSynthError("the output is a folder, not a file name", path, "give a file name ending in .nii.gz")
+    check_finite_hu(volume.hu, path)
     data = np.ascontiguousarray(np.transpose(hu_to_int16(volume.hu), (2, 1, 0)))
     affine = nifti_affine(volume)
     header = nib.Nifti1Header()
@@ -171,6 +256,6 @@ def write_nifti(volume: CTVolume, path: str | Path, *, overwrite: bool = False) 
     image.header.set_xyzt_units("mm", "sec")
     image.header.set_slope_inter(1.0, 0.0)
     image.header["descrip"] = b"ctsynth"
-    with atomic_file(path) as tmp:
+    with atomic_file(path, needed_bytes=data.nbytes + 352) as tmp:  # uncompressed size: an upper bound
         nib.save(image, str(tmp))
     return path

@@ -22,10 +22,12 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import CTSynthError
+from ..errors import CTSynthError, reader_boundary
 from ..volume import CTVolume
 from .atomic import atomic_dir
 from .csv_table import read_csv_table
+from .library_messages import collect_messages
+from .plausible import MAX_COORDINATE_MM, check_finite_hu, check_volume, direction_problem, spacing_problem
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 SIDECAR_NAME = "ctsynth_tiff.json"
@@ -167,10 +169,21 @@ def _read_sidecar(folder: Path) -> dict:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         for key, shape in (("spacing_mm", (3,)), ("origin_mm", (3,)), ("direction", (3, 3)), ("offset_hu", ())):
-            if key in data and np.asarray(data[key], dtype=np.float64).shape != shape:
-                raise ValueError(f"'{key}' should have shape {shape}")
+            if key in data:
+                value = np.asarray(data[key], dtype=np.float64)
+                if value.shape != shape:
+                    raise ValueError(f"'{key}' should have shape {shape}")
+                if not np.all(np.isfinite(value)):
+                    raise ValueError(f"'{key}' holds a value that is not a finite number")
+        problem = spacing_problem(data["spacing_mm"], "'spacing_mm'") if "spacing_mm" in data else None
+        if problem is None and "direction" in data:
+            problem = direction_problem(np.asarray(data["direction"], dtype=np.float64), "'direction'")
+        if problem is None and "origin_mm" in data and np.max(np.abs(data["origin_mm"])) > MAX_COORDINATE_MM:
+            problem = f"'origin_mm' {data['origin_mm']} is not a position in a scanner"
+        if problem:
+            raise ValueError(problem)
         return data
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         raise CTSynthError(f"cannot read the TIFF geometry file ({exc})", path,
                            "fix or delete it and give --spacing z,y,x and --offset") from exc
 
@@ -180,10 +193,14 @@ def _read_slice(path: Path, *, allow_stack: bool = False) -> np.ndarray:
     import tifffile
 
     try:
-        image = tifffile.imread(path)
+        with collect_messages("tifffile") as messages:
+            image = tifffile.imread(path)
     except Exception as exc:  # tifffile raises many types (TiffFileError, ValueError, struct.error, ...)
         raise CTSynthError(f"unreadable TIFF ({type(exc).__name__}: {exc})", path,
                            "re-export or remove this slice") from exc
+    if messages:  # tifffile read past a corrupt tag or page table: what it returned cannot be trusted
+        raise CTSynthError(f"unreadable TIFF, corrupt (tifffile: {' '.join(messages[0].split())[:200]})", path,
+                           "re-export or remove this slice")
     image = np.asarray(image)
     if image.size == 0:  # tifffile logs a warning and returns nothing for a corrupt page table
         raise CTSynthError("unreadable TIFF (no image data: the file is corrupt or truncated)", path,
@@ -216,8 +233,15 @@ def read_tiff_files(
     files = list(files)
     if not files:
         raise CTSynthError("holds no TIFF slices", source or ".", "give a folder of .tif slices")
+    source = Path(source) if source is not None else files[0].parent
+    with reader_boundary(source, "TIFF series"):
+        volume = _read_tiff_files(files, offset, spacing_mm, metadata, source)
+    return check_volume(volume, source, "give --spacing z,y,x in mm (e.g. 5,0.7,0.7) and check the slices")
+
+
+def _read_tiff_files(files: list[Path], offset: float | None, spacing_mm: tuple[float, float, float] | None,
+                     metadata: str | Path | CovidCTsetMetadata | None, source: Path) -> CTVolume:
     folder = files[0].parent
-    source = Path(source) if source is not None else folder
     notes: list[str] = []
     sidecar = _read_sidecar(folder)
 
@@ -235,6 +259,11 @@ def read_tiff_files(
         if image.shape != first.shape:
             raise CTSynthError(f"slice shape {image.shape} differs from {first.shape} of {files[0].name}", path,
                                "keep only the slices of one series in the folder")
+        if image.dtype != first.dtype:
+            # int16 and uint16 slices hold different stored values for the same HU (one offset would be
+            # wrong for part of the series): never mixed silently.
+            raise CTSynthError(f"slice holds {image.dtype} pixels, {files[0].name} holds {first.dtype}: one "
+                               "series is stored one way", path, "keep only the slices of one series in the folder")
         hu[k] = image
 
     patient, series = series_identity(files[0] if FLAT_NAME.match(files[0].name) else folder)
@@ -244,15 +273,19 @@ def read_tiff_files(
     if metadata is not None:
         info = metadata.lookup(patient, series)
 
+    offset_from: Path = source
     if offset is None:
         if "offset_hu" in sidecar:
-            offset = float(sidecar["offset_hu"])
+            offset, offset_from = float(sidecar["offset_hu"]), folder / SIDECAR_NAME
         elif info is not None and info.rescale_intercept is not None:
-            offset = info.rescale_intercept
+            offset, offset_from = info.rescale_intercept, metadata.path  # type: ignore[union-attr]
         else:
             offset = DEFAULT_OFFSET
     elif info is not None and info.rescale_intercept is not None and info.rescale_intercept != offset:
         notes.append(f"offset {offset:g} differs from the metadata's RescaleIntercept {info.rescale_intercept:g}")
+    if not np.isfinite(offset) or abs(offset) > 1e5:
+        raise CTSynthError(f"the HU offset {offset:g} is not a CT offset", offset_from,
+                           "give --offset HU (COVID-CTset: -1024)")
     hu += np.float32(offset)
 
     spacing_source = "given"
@@ -267,9 +300,10 @@ def read_tiff_files(
         notes.append(f"spacing unknown{why}: assumed {DEFAULT_SPACING_MM[0]:g} x {DEFAULT_SPACING_MM[1]:g} x "
                      f"{DEFAULT_SPACING_MM[2]:g} mm (z, y, x); give --metadata Patients_metadata.csv "
                      "or --spacing z,y,x")
-    if len(spacing_mm) != 3 or min(spacing_mm) <= 0:
-        raise CTSynthError(f"spacing {spacing_mm} is not three positive numbers", source,
-                           "give --spacing z,y,x in mm, e.g. 5,0.7,0.7")
+    problem = "is not three numbers" if len(spacing_mm) != 3 else spacing_problem(spacing_mm, "spacing (z, y, x)")
+    if problem:
+        where = metadata.path if spacing_source == getattr(metadata, "path", Path()).name else source
+        raise CTSynthError(f"{problem} (from {spacing_source})", where, "give --spacing z,y,x in mm, e.g. 5,0.7,0.7")
 
     if "shape_zyx" in sidecar and list(sidecar["shape_zyx"]) != list(hu.shape):
         notes.append(f"{SIDECAR_NAME} was written for shape {sidecar['shape_zyx']}, the folder holds "
@@ -316,6 +350,7 @@ def write_tiff_slices(volume: CTVolume, folder: str | Path, *, offset: float = D
     import tifffile
 
     folder = Path(folder)
+    check_finite_hu(volume.hu, folder)
 
     def stored_slice(k: int) -> tuple[np.ndarray, int]:
         values = np.rint(np.asarray(volume.hu[k], dtype=np.float64) - offset)
@@ -334,7 +369,8 @@ def write_tiff_slices(volume: CTVolume, folder: str | Path, *, offset: float = D
         "direction": np.asarray(volume.direction).tolist(),
         "shape_zyx": list(volume.shape),
     }
-    with atomic_dir(folder, overwrite=overwrite) as tmp:
+    needed = volume.shape[0] * (volume.shape[1] * volume.shape[2] * 2 + 512) + 4096
+    with atomic_dir(folder, overwrite=overwrite, needed_bytes=needed) as tmp:
         for k in range(volume.shape[0]):
             stored, n_clipped = stored_slice(k)
             clipped += n_clipped
