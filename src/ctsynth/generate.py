@@ -68,6 +68,9 @@ class Generator:
         code); a missing or damaged file is a CTSynthError."""
         run_dir = Path(run_dir)
         info, config = read_run(run_dir)
+        if config.model == "sr":
+            raise CTSynthError("this run is a super-resolution model: it upscales volumes, it does not make them",
+                               run_dir, "use `ctsynth upscale IN OUT --run RUN`, or give a generator's run")
         stage = sampling_stage(config)
         done = read_json(run_dir / stage / DONE_FILE, f"the {stage} stage's done.json")
         device = torch.device(device)
