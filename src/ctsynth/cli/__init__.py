@@ -14,7 +14,7 @@ import sys
 
 from ..errors import CTSynthError
 
-COMMAND_MODULES = ("phantom", "inspect", "convert", "prepare", "train", "generate", "upscale", "evaluate", "demo")
+COMMAND_MODULES = ("phantom", "inspect", "convert", "prepare", "train", "generate", "upscale", "estimate", "evaluate", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
