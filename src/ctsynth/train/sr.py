@@ -116,7 +116,7 @@ def sr_metrics(net, prep_dir: Path, entries: list[dict[str, Any]]) -> dict[str, 
     from the same degraded held-out volume (MONAI metrics, data range 2)."""
     from monai.metrics import PSNRMetric, SSIMMetric
 
-    from ..upscale import tiled_corrections
+    from ..upscale import DEFAULT_TILE, tiled_corrections
 
     net.eval()
     device = next(net.parameters()).device
@@ -127,7 +127,7 @@ def sr_metrics(net, prep_dir: Path, entries: list[dict[str, Any]]) -> dict[str, 
         x = crop_to_factor(volumes[k]["image"][None], net.scale)
         low = degrade(x, net.axis, net.factor)
         base = trilinear(low, net.scale)
-        guesses = {"sr": (base + tiled_corrections(net, low, device=device)).clamp(-1, 1),
+        guesses = {"sr": (base + tiled_corrections(net, low, DEFAULT_TILE, device)).clamp(-1, 1),
                    "trilinear": base, "cubic": cubic(low, net.scale).float().clamp(-1, 1)}
         ssim = SSIMMetric(spatial_dims=3, data_range=2.0, win_size=min(7, *[n - (n + 1) % 2 for n in x.shape[-3:]]))
         row: dict[str, Any] = {"id": entry["id"]}
