@@ -173,7 +173,8 @@ def test_generate_and_upscale_in_one_call(sr_run, tmp_path):
     assert main(args + ["--out", str(tmp_path / "small")]) == 0
     side = json.loads((tmp_path / "big" / "covid_00000.json").read_text())
     assert side["shape_zyx"] == [32, 64, 64] and side["upscaled"]["generated_shape_zyx"] == [16, 32, 32]
-    big, small = read_nifti(tmp_path / "big" / "covid_00000.nii.gz"), read_nifti(tmp_path / "small" / "covid_00000.nii.gz")
+    big = read_nifti(tmp_path / "big" / "covid_00000.nii.gz")
+    small = read_nifti(tmp_path / "small" / "covid_00000.nii.gz")
     again = Upscaler.load(sr_run).upscale(small)
     assert big.shape == again.shape and np.allclose(big.spacing_mm, again.spacing_mm)
     assert np.allclose(big.origin_mm, again.origin_mm)

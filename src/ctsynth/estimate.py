@@ -261,7 +261,8 @@ def format_report(report: dict[str, Any]) -> list[str]:
         lines.append(f"  {r['stage']:<12} {r['s_per_step']:.3f} s/step, peak {r['peak_mb']:.0f} MiB{fits}; "
                      f"schedule {r['steps']} steps = {hours(r['schedule_s'])}; epoch {r['steps_per_epoch']} steps "
                      f"= {hours(r['epoch_s'])} ({r['epochs_in_schedule']:.1f} epochs in the schedule)")
-    lines.append(f"  total: schedule {hours(report['schedule_s'])}, one epoch of every stage {hours(report['epoch_s'])}")
+    lines.append(f"  total: schedule {hours(report['schedule_s'])}, "
+                 f"one epoch of every stage {hours(report['epoch_s'])}")
     for k in report["knobs"]:
         lines.append(f"  knob for {k['stage']}: {k['knob']} -> peak {k['peak_mb']:.0f} MiB, "
                      f"{(k['s_per_step'] or 0):.3f} s/step, schedule {hours(k['schedule_s'])}: "

@@ -209,7 +209,8 @@ def generate_to_folder(generator: Generator, out: Path, n: int, label: str, seed
                 "config_name": generator.config.name, **spec.to_dict(), "format": fmt,
                 "shape_zyx": list(volume.shape), "spacing_mm_zyx": list(volume.spacing_mm), "synthetic": True}
             if upscaler is not None:
-                sidecar["upscaled"] = {"sr_run": str(upscaler.run_dir.resolve()), "generated_shape_zyx": generated_shape,
+                sidecar["upscaled"] = {"sr_run": str(upscaler.run_dir.resolve()),
+                                       "generated_shape_zyx": generated_shape,
                                        "factor_zyx": volume.meta.get("upscaled_by")}
             if audit is not None:
                 result = audit.check(volume)
