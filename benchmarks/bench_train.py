@@ -8,7 +8,8 @@ Each measurement runs in its own process (so peak memory is per stage): stage 1 
 stage 2 (latent diffusion), and sampling (seconds per volume, at the config's sampling steps). Peak memory is
 the process's peak RSS on CPU, or ``torch.cuda.max_memory_allocated`` on a GPU. Without ``--prep``, a phantom
 cohort of ``--cases`` studies is made and prepared with the config (not timed). Steps/s excludes the first
-``--warmup`` steps (allocator, autotuning).
+``--warmup`` steps (allocator, autotuning). The measuring (peak memory, seconds per step from ``log.jsonl``,
+the phantom cache) is :mod:`ctsynth.estimate`'s, which ``ctsynth estimate`` uses too.
 """
 
 from __future__ import annotations
@@ -16,28 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def peak_memory_mb() -> tuple[float, str]:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20, f"GPU ({torch.cuda.get_device_name()})"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "CPU RSS"
+from ctsynth.estimate import make_phantom_cache, peak_memory_mb, seconds_per_step  # one owner of the measuring
 
 
 def steps_per_s(log: Path, warmup: int) -> float:
-    rows = [r for r in map(json.loads, log.read_text().splitlines()) if "skipped" not in r and "event" not in r]
-    rows = [r for r in rows if r["step"] > warmup] if len(rows) > warmup + 1 else rows
-    if len(rows) < 2:
-        return float("nan")
-    return (rows[-1]["step"] - rows[0]["step"]) / max(rows[-1]["time_s"] - rows[0]["time_s"], 1e-9)
+    s = seconds_per_step(log, warmup)
+    return float("nan") if s is None else 1.0 / s
 
 
 def bench_config(args: argparse.Namespace):
@@ -86,14 +77,8 @@ def child(args: argparse.Namespace) -> None:
 
 def make_prep(config_name: str, cases: int, workdir: Path) -> Path:
     from ctsynth.config import load_config
-    from ctsynth.phantom import make_phantom_cohort
-    from ctsynth.preprocess.prepare import prepare_cache
 
-    config = load_config(config_name)
-    size = max(64, min(512, 2 * max(config.data.shape[1:])))
-    make_phantom_cohort(workdir / "data", cases, size=size, seed=0)
-    prepare_cache(workdir / "data", config, workdir / "prep", progress=False)
-    return workdir / "prep"
+    return make_phantom_cache(load_config(config_name), workdir, cases)
 
 
 def main() -> None:

@@ -110,6 +110,24 @@ class GanConfig:
 
 
 @dataclass
+class SrConfig:
+    """3D CT super-resolution (``model: sr``; ``ctsynth.models.sr``, ``ctsynth.train.sr``): one network
+    in-plane and one in depth, each trained on random patches of the cache's training volumes degraded as
+    a scanner would. A factor of 1 trains no network for that axis. An ``sr`` run takes the data section of
+    the cache it trains on, so it trains on any cache."""
+
+    inplane_factor: int = 4
+    depth_factor: int = 2
+    channels: int = 32  # of every convolution (Georgescu et al. 2020 use 32)
+    patch: tuple[int, int, int] = (16, 64, 64)  # the fine patch (z, y, x): a multiple of the factors
+    batch_size: int = 8
+    lr: float = 1e-4
+    steps: int = 20000  # per network
+    intermediate_weight: float = 1.0  # of the loss after the sub-pixel layer (the output's weight is 1)
+    eval_studies: int = 8  # held-out studies measured at the end (metrics.json: PSNR vs trilinear, cubic)
+
+
+@dataclass
 class TrainConfig:
     """How the loops run (Lightning Fabric)."""
 
@@ -132,7 +150,7 @@ class TrainConfig:
     checkpoint_every_min: float = 0.0
 
 
-MODELS = ("diffusion", "gan")
+MODELS = ("diffusion", "gan", "sr")
 
 
 @dataclass
@@ -144,6 +162,7 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     gan: GanConfig = field(default_factory=GanConfig)
+    sr: SrConfig = field(default_factory=SrConfig)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -155,6 +174,8 @@ class Config:
         values = dataclasses.asdict(self)
         if self.model == "diffusion" and self.gan == GanConfig():
             del values["model"], values["gan"]
+        if self.model != "sr" and self.sr == SrConfig():  # likewise for ``sr`` (added after ``gan``)
+            del values["sr"]
         return values
 
     def to_json(self) -> str:

@@ -68,6 +68,9 @@ class Generator:
         code); a missing or damaged file is a CTSynthError."""
         run_dir = Path(run_dir)
         info, config = read_run(run_dir)
+        if config.model == "sr":
+            raise CTSynthError("this run is a super-resolution model: it upscales volumes, it does not make them",
+                               run_dir, "use `ctsynth upscale IN OUT --run RUN`, or give a generator's run")
         stage = sampling_stage(config)
         done = read_json(run_dir / stage / DONE_FILE, f"the {stage} stage's done.json")
         device = torch.device(device)
@@ -172,11 +175,14 @@ def sample_name(label: str, index: int) -> str:
 def generate_to_folder(generator: Generator, out: Path, n: int, label: str, seed: int = 0,
                        guidance: float | None = None, steps: int | None = None, fmt: str = "nifti",
                        depth: int | None = None, slice_thickness: float | None = None, batch_size: int = 1,
-                       rank: int = 0, world: int = 1, audit=None, autocast=None) -> dict[str, list[int]]:
+                       rank: int = 0, world: int = 1, audit=None, autocast=None,
+                       upscaler=None) -> dict[str, list[int]]:
     """Write samples ``i`` with ``i % world == rank`` as ``OUT/<label>_<i>`` + ``<label>_<i>.json``.
 
     A sample whose sidecar exists is skipped (a rerun completes an interrupted request). The sidecar is written
-    after the volume, so it marks a complete sample. With ``audit`` (a MemorisationAudit), a sample flagged as
+    after the volume, so it marks a complete sample. With ``upscaler`` (a :class:`ctsynth.upscale.Upscaler`),
+    each sample is upscaled by the sr run's factors before any export resampling (the cascade: generate small,
+    then super-resolve, in one call). With ``audit`` (a MemorisationAudit), a sample flagged as
     too close to a training scan is not written. Returns ``{"written": [...], "skipped": [...], "flagged": [...]}``.
     """
     from .io.write import FORMATS, write_volume
@@ -194,11 +200,18 @@ def generate_to_folder(generator: Generator, out: Path, n: int, label: str, seed
         chunk = todo[start:start + batch_size]
         for volume, spec in generator.sample_with_specs(len(chunk), label, seed, guidance, steps, batch_size,
                                                         indices=chunk, autocast=autocast):
+            generated_shape = list(volume.shape)
+            if upscaler is not None:
+                volume = upscaler.upscale(volume)
             volume = to_int16_hu(resample_for_export(volume, depth, slice_thickness), generator.hu_window)
             sidecar: dict[str, Any] = {
                 "model_run": str(generator.run_dir.resolve()), "config_hash": generator.info["config_hash"],
                 "config_name": generator.config.name, **spec.to_dict(), "format": fmt,
                 "shape_zyx": list(volume.shape), "spacing_mm_zyx": list(volume.spacing_mm), "synthetic": True}
+            if upscaler is not None:
+                sidecar["upscaled"] = {"sr_run": str(upscaler.run_dir.resolve()),
+                                       "generated_shape_zyx": generated_shape,
+                                       "factor_zyx": volume.meta.get("upscaled_by")}
             if audit is not None:
                 result = audit.check(volume)
                 sidecar["audit"] = {"similarity": float(result.similarity), "nearest_id": str(result.nearest_id),

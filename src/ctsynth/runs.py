@@ -11,7 +11,8 @@ this module, so that sampling from a run never imports the training code::
 
 The stages are ``autoencoder`` (also ``metrics.json``: held-out PSNR/SSIM) and ``diffusion`` (also
 ``latents.safetensors``, the encoded training set), or ``gan`` alone for the 3D-GAN baseline (``model:
-gan``). Everything is JSON or safetensors: nothing is unpickled.
+gan``), or ``sr_inplane`` and ``sr_depth`` for super-resolution (``model: sr``; also ``metrics.json``:
+held-out PSNR/SSIM against trilinear and cubic interpolation). Everything is JSON or safetensors: nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -97,3 +98,22 @@ def load_gan_generator(run_dir: Path, config: Config, device: torch.device | str
     from .models.gan import build_gan
 
     return frozen(build_gan(config)[0], run_dir / "gan" / WEIGHTS_FILE, "generator", "GAN", "re-train the GAN", device)
+
+
+def sr_stage(axis: str) -> str:
+    """The stage folder of a super-resolution network: ``sr_inplane`` or ``sr_depth``."""
+    return f"sr_{axis}"
+
+
+def load_sr_networks(run_dir: Path, config: Config, device: torch.device | str = "cpu") -> dict[str, torch.nn.Module]:
+    """The ``sr`` run's networks by axis (``inplane``, ``depth``; an axis of factor 1 has none), frozen."""
+    from .models.sr import AXES, build_sr
+
+    nets = {}
+    for axis in AXES:
+        stage = sr_stage(axis)
+        done = read_json(run_dir / stage / DONE_FILE, f"the {stage} stage's done.json")
+        if done.get("factor", 1) > 1:
+            nets[axis] = frozen(build_sr(config, axis), run_dir / stage / WEIGHTS_FILE, "network", stage,
+                                "re-train the sr run", device)
+    return nets

@@ -13,7 +13,7 @@ import sys
 
 from ..errors import CTSynthError
 
-COMMAND_MODULES = ("phantom", "inspect", "convert", "prepare", "train", "generate", "evaluate", "demo")
+COMMAND_MODULES = ("phantom", "inspect", "convert", "prepare", "train", "generate", "upscale", "estimate", "evaluate", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,3 +59,21 @@ def series_rules(args: argparse.Namespace):
     from ..io.dicom_select import parse_series_option
 
     return parse_series_option(getattr(args, "series", None), getattr(args, "thickness_range", None))
+
+
+def output_target(output: str, fmt: str | None, overwrite: bool):
+    """``(format, path)`` of a one-study output (`convert`, `upscale`): the format from ``--format`` or a
+    .nii/.nii.gz name; an existing output is refused before any work unless ``overwrite``."""
+    from ..errors import CTSynthError
+    from ..io.nifti import is_nifti_path
+    from ..io.write import output_path
+
+    fmt = fmt or ("nifti" if is_nifti_path(output) else None)
+    if fmt is None:
+        raise CTSynthError("the output format is not clear from the name", output,
+                           "name it .nii.gz, or add --format dicom|tiff|nifti")
+    target = output_path(output, fmt)
+    if target.exists() and not overwrite:
+        raise CTSynthError("the output already exists; nothing was written", target,
+                           "remove it, choose another name, or pass --overwrite")
+    return fmt, target

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._data_args import add_data_options
+from ._data_args import add_data_options, output_target
 
 
 def register(subparsers) -> None:
@@ -25,20 +25,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import CTSynthError
-    from ..io.nifti import is_nifti_path
     from ..io.read import read_study
     from ..io.tiff import DEFAULT_OFFSET
-    from ..io.write import output_path, write_volume
+    from ..io.write import write_volume
 
-    fmt = args.format or ("nifti" if is_nifti_path(args.output) else None)
-    if fmt is None:
-        raise CTSynthError("the output format is not clear from the name", args.output,
-                           "name it .nii.gz, or add --format dicom|tiff|nifti")
-    target = output_path(args.output, fmt)
-    if target.exists() and not args.overwrite:
-        raise CTSynthError("the output already exists; nothing was written", target,
-                           "remove it, choose another name, or pass --overwrite")
+    fmt, target = output_target(args.output, args.format, args.overwrite)
     print(f"reading {args.input}", file=sys.stderr)
     volume = read_study(args.input, series_uid=args.series, offset=args.offset, spacing_mm=args.spacing,
                         metadata=args.metadata, labels=args.labels, label_map=args.label_map)

@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="volumes sampled together per device")
     parser.add_argument("--audit", metavar="PREP", default=None,
                         help="refuse to write samples too close to a study of this cache (memorisation audit)")
+    parser.add_argument("--upscale", metavar="SR_RUN", default=None,
+                        help="upscale every sample with this super-resolution run (`--config sr` or `cascade`): "
+                             "e.g. 48x128x128 generated, 48x512x512 written")
     parser.add_argument("--out", required=True, help="output folder")
     add_launch_arguments(parser)
     parser.set_defaults(func=run)
@@ -45,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     generator = Generator.load(args.run_dir)  # before the launch: bad input fails once, in one line
     generator.label_index(args.label)
+    upscaler = None
+    if args.upscale:
+        from ..upscale import Upscaler
+        upscaler = Upscaler.load(args.upscale)
     audit = None
     if args.audit:
         from ..evaluate.memorisation import MemorisationAudit
@@ -53,11 +60,12 @@ def run(args: argparse.Namespace) -> int:
     fabric = make_fabric(opts, opts.precision or "32")
     if fabric.device.type != "cpu":
         generator = Generator.load(args.run_dir, device=fabric.device)
+        upscaler = Upscaler.load(args.upscale, device=fabric.device) if args.upscale else None
     report = generate_to_folder(generator, out, args.n, args.label, seed=args.seed, guidance=args.guidance,
                                 steps=args.steps, fmt=args.format, depth=args.depth,
                                 slice_thickness=args.slice_thickness, batch_size=args.batch_size,
                                 rank=fabric.global_rank, world=fabric.world_size, audit=audit,
-                                autocast=fabric.autocast)
+                                autocast=fabric.autocast, upscaler=upscaler)
     for flagged in report["flagged"]:
         print(f"ctsynth generate: sample {flagged['index']} not written: too close to training study "
               f"{flagged['nearest_id']} (similarity {flagged['similarity']:.4f} > {flagged['threshold']:.4f})",

@@ -48,7 +48,8 @@ def register(subparsers) -> None:
     parser.add_argument("prep", help="cache folder made by `ctsynth prepare`")
     parser.add_argument("--config", required=True,
                         help="preset name (tiny, demo, quality, low, lung, full; gan-baseline, gan-48, gan-tiny: "
-                             "the Wu et al. 3D-GAN baseline) or YAML file")
+                             "the Wu et al. 3D-GAN baseline; sr, sr-tiny: super-resolution for "
+                             "`ctsynth upscale`) or YAML file")
     parser.add_argument("--out", required=True, help="run folder (checkpoints, logs, final weights)")
     parser.add_argument("--resume", action="store_true",
                         help="accepted for older scripts: rerunning the same command resumes without it")

@@ -1,5 +1,5 @@
 """Training: stage 1 (autoencoder) then stage 2 (latent diffusion), or the one stage of the 3D-GAN baseline
-(``model: gan``), each a :class:`~ctsynth.train.runner.Stage` run by the one loop of
+(``model: gan``), or the in-plane then the depth super-resolution network (``model: sr``), each a :class:`~ctsynth.train.runner.Stage` run by the one loop of
 :func:`ctsynth.train.runner.run_stage` on Lightning Fabric.
 
 The run folder's layout is described in :mod:`ctsynth.runs`. Rerunning the same ``train`` command continues
@@ -8,6 +8,7 @@ the run: finished stages are skipped, an unfinished one resumes from its newest 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..config import Config
 from ..errors import CTSynthError
 from ..io.atomic import is_leftover
 from ..launch import LaunchOptions, make_fabric
+from ..models.sr import AXES as SR_AXES
 from ..preprocess.cache import read_manifest
 from ..runs import RUN_FILE
 from .common import label_indices, write_json
@@ -92,9 +94,12 @@ def train(prep_dir: str | Path, config: Config, run_dir: str | Path, launch: Lau
     from .autoencoder import AutoencoderStage
     from .diffusion import DiffusionStage
     from .gan import GanStage
+    from .sr import SrStage
 
     prep_dir, run_dir = Path(prep_dir), Path(run_dir)
     launch, hooks = launch or LaunchOptions(), hooks or TrainHooks()
+    if config.model == "sr":  # super-resolution trains on any cache: it takes the cache's data section
+        config = dataclasses.replace(config, data=read_manifest(prep_dir).config.data)
     entries = check_cache(prep_dir, config)
     if not entries["train"]:
         raise CTSynthError("the cache has no training studies", prep_dir, "prepare more studies")
@@ -102,8 +107,11 @@ def train(prep_dir: str | Path, config: Config, run_dir: str | Path, launch: Lau
     prepare_run_dir(run_dir, run_info(config, prep_dir, entries))
     fabric = make_fabric(launch, launch.precision or config.train.precision)
     clean_folder(fabric, run_dir)
-    kinds = (GanStage,) if config.model == "gan" else (AutoencoderStage, DiffusionStage)
-    stages = [kind(fabric, config, prep_dir, run_dir, entries) for kind in kinds]
+    if config.model == "sr":
+        stages = [SrStage(axis, fabric, config, prep_dir, run_dir, entries) for axis in SR_AXES]
+    else:
+        kinds = (GanStage,) if config.model == "gan" else (AutoencoderStage, DiffusionStage)
+        stages = [kind(fabric, config, prep_dir, run_dir, entries) for kind in kinds]
     for stage in stages:
         status = run_stage(fabric, stage, run_dir / stage.name, config, hooks)
         if status != "done":

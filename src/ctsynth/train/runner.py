@@ -39,11 +39,18 @@ class TrainHooks:
     """Hooks for tests and benchmarks, kept out of the arguments of :func:`ctsynth.train.train`.
 
     ``stop_after`` maps a stage name to the step after which it stops, checkpointing as SIGTERM would;
-    ``fault(stage, step) -> True`` poisons that step's loss with NaN (tests of the NaN guard).
+    ``fault(stage, step) -> True`` poisons that step's loss with NaN (tests of the NaN guard);
+    ``on_stage(stage, "start" | "end")`` is called around each stage that trains (``ctsynth estimate``'s
+    per-stage peak memory).
     """
 
     stop_after: dict[str, int] = field(default_factory=dict)
     fault: Callable[[str, int], bool] | None = None
+    on_stage: Callable[[str, str], None] | None = None
+
+    def mark(self, stage: str, event: str) -> None:
+        if self.on_stage is not None:
+            self.on_stage(stage, event)
 
     def stops(self, stage: str, step: int) -> bool:
         return stage in self.stop_after and step >= self.stop_after[stage]
@@ -119,6 +126,7 @@ def run_stage(fabric, stage: Stage, stage_dir: Path, config: Config, hooks: Trai
             stage.finish(0, 0.0)
         fabric.barrier()
         return "done"
+    hooks.mark(stage.name, "start")
     stage.load_data(fabric)
     fabric.seed_everything(tcfg.seed + fabric.global_rank, verbose=False)
     stage.build(fabric)
@@ -191,6 +199,7 @@ def run_stage(fabric, stage: Stage, stage_dir: Path, config: Config, hooks: Trai
     finally:
         bar.close()
         log.close()
+        hooks.mark(stage.name, "end")
     if status == "done" and rank0:
         stage.finish(step, train_s())
     fabric.barrier()
