@@ -39,7 +39,7 @@ def register(subparsers) -> None:
                         help="output format (default: nifti when OUT ends in .nii/.nii.gz)")
     parser.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read when IN holds several")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    add_data_options(parser)
+    add_data_options(parser, series=False)
     parser.set_defaults(func=run)
 
 
