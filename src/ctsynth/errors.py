@@ -45,12 +45,12 @@ def reader_boundary(path: str | Path, what: str) -> Iterator[None]:
     """
     try:
         yield
-    except CTSynthError:
+    except (CTSynthError, KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except MemoryError as exc:
         raise CTSynthError(f"not enough memory to read this {what} (is its header's image size right?)", path,
                            "check the file, or free memory") from exc
-    except Exception as exc:  # noqa: BLE001 - the purpose of the boundary
+    except BaseException as exc:  # noqa: BLE001 - the purpose of the boundary (a Rust codec's panic included)
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CTSynthError(f"cannot read this {what} ({type(exc).__name__}{': ' + detail if detail else ''})",
                            path, "re-export or re-copy it; if it opens elsewhere, report this as a ctsynth bug") from exc

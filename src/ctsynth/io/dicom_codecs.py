@@ -28,6 +28,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import CTSynthError
+
 from .dicom_headers import SliceHeader
 
 JPEG_LOSSLESS = ("1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
@@ -141,6 +143,13 @@ def decode_encapsulated(header: SliceHeader) -> np.ndarray | None:
         arr = np.asarray(found[1](frame, header))
     except Exception:  # any trouble: pydicom decodes it (or names the file in its error)
         return None
+    except BaseException as exc:  # a Rust decoder's panic (pyo3's PanicException) is not an Exception
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        # Not handed on to pydicom: its plugins include the same decoder, which would panic again.
+        raise CTSynthError(f"the compressed pixel data is corrupt ({found[0]} failed: {str(exc)[:120]})",
+                           header.path, "re-export or re-copy this file (or remove it and re-export the series)"
+                           ) from exc
     dtype = _stored_dtype(header)
     if arr.shape != (header.rows, header.columns) or arr.dtype.itemsize != dtype.itemsize:
         return None

@@ -206,7 +206,9 @@ def _named(header: SliceHeader) -> Iterator[None]:
     except MemoryError as exc:
         raise CTSynthError(f"not enough memory to decode {header.rows} x {header.columns} pixels", header.path,
                            "check Rows and Columns in this file's header") from exc
-    except Exception as exc:  # noqa: BLE001
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a Rust codec's panic (pyo3) is not an Exception
         raise CTSynthError(f"cannot read the pixel data ({_first_line(exc)})", header.path,
                            "re-export or re-copy this file (or remove it and re-export the series)") from exc
 
