@@ -41,7 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for part in pool.map(_chunk, chunks):
             total.counts.update(part.counts)
-            total.owned.update(part.owned)
             for fmt, counts in part.by_format.items():
                 total.by_format.setdefault(fmt, type(counts)()).update(counts)
             for outcome, examples in part.examples.items():
@@ -55,9 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {fmt:6s} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     print("  total  " + ", ".join(f"{k} {v}" for k, v in sorted(total.counts.items())))
     print("  bad outcomes: " + ", ".join(f"{o} {total.counts[o]}" for o in BAD_OUTCOMES))
-    if total.owned:
-        print("  discovery_owned (issue #14: read_study skips a broken file; read_dicom_series names it), seen "
-              "through read_study as: " + ", ".join(f"{k} {v}" for k, v in sorted(total.owned.items())))
     for outcome, examples in total.examples.items():
         print(f"-- {outcome}")
         for line in examples:

@@ -17,7 +17,7 @@ def test_no_bad_outcome(fmt: str, start: int, count: int) -> None:
     bad = {o: summary.counts[o] for o in BAD_OUTCOMES if summary.counts[o]}
     assert not bad, f"{bad}: {summary.examples}"
     # The cases are not all trivially refused or trivially identical: both kinds occur.
-    assert summary.counts["clean_error"] + summary.counts["discovery_owned"] > count // 4
+    assert summary.counts["clean_error"] > count // 4
     assert summary.counts["identical"] + summary.counts["changed"] + summary.counts["noted"] > 0
 
 

@@ -28,8 +28,8 @@ def thickness_range_arg(text: str) -> tuple[float, float]:
 
 
 def add_data_options(parser: argparse.ArgumentParser, series: bool = True) -> None:
-    """--labels, --metadata, --label-map, --offset, --spacing, and (``series``) --series and --thickness-range
-    (documented in docs/io.md and docs/dicom.md)."""
+    """--labels, --metadata, --label-map, --offset, --spacing, --skip-unreadable, and (``series``) --series and
+    --thickness-range (documented in docs/io.md and docs/dicom.md)."""
     group = parser.add_argument_group("reading the data")
     group.add_argument("--labels", metavar="FILE",
                        help="labels CSV (study,label) or COVID-CTset's Patient_details.csv "
@@ -44,6 +44,9 @@ def add_data_options(parser: argparse.ArgumentParser, series: bool = True) -> No
                             "RescaleIntercept)")
     group.add_argument("--spacing", type=spacing_arg, metavar="Z,Y,X",
                        help="TIFF slices: spacing in mm when Patients_metadata.csv does not give it")
+    group.add_argument("--skip-unreadable", action="store_true",
+                       help="DICOM: read a series without its files that cannot be read (cut short, corrupt), "
+                            "with a note naming each, instead of refusing the study (a gap is still refused)")
     if series:
         group.add_argument("--series", metavar="CHOICE", default=None,
                            help="DICOM: which series of each study to use: auto (default: one per study, "

@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     fmt, target = output_target(args.output, args.format, args.overwrite)
     print(f"reading {args.input}", file=sys.stderr)
     volume = read_study(args.input, series_uid=args.series, offset=args.offset, spacing_mm=args.spacing,
-                        metadata=args.metadata, labels=args.labels, label_map=args.label_map)
+                        metadata=args.metadata, labels=args.labels, label_map=args.label_map,
+                        skip_unreadable=args.skip_unreadable)
     for note in volume.meta.get("notes", []):
         print(f"ctsynth convert: note: {note}", file=sys.stderr)
     written = write_volume(volume, target, fmt, overwrite=args.overwrite,

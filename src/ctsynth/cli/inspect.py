@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     from ..io.discover import discover
 
     found = discover(args.data, labels=args.labels, metadata=args.metadata, label_map=args.label_map,
-                     offset=args.offset, spacing_mm=args.spacing, series=series_rules(args))
+                     offset=args.offset, spacing_mm=args.spacing, series=series_rules(args),
+                     skip_unreadable=args.skip_unreadable)
     rows = []
     for k, study in enumerate(found.studies, start=1):
         print(f"[{k}/{len(found.studies)}] reading {study.id}", file=sys.stderr)

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     manifest = prepare_cache(args.data, config, args.out, labels=args.labels, metadata=args.metadata,
                              label_map=args.label_map, offset=args.offset, spacing_mm=args.spacing,
-                             series=series_rules(args),
+                             series=series_rules(args), skip_unreadable=args.skip_unreadable,
                              progress=not args.quiet)
     print(summarise(manifest))
     return 0

@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
     upscaler = Upscaler.load(args.run, device=device)
     upscaler.check_factors(args.factor, args.depth_factor)  # before reading: bad input fails fast
     volume = read_study(args.input, series_uid=args.series, offset=args.offset, spacing_mm=args.spacing,
-                        metadata=args.metadata, labels=args.labels, label_map=args.label_map)
+                        metadata=args.metadata, labels=args.labels, label_map=args.label_map,
+                        skip_unreadable=args.skip_unreadable)
+    for note in volume.meta.get("notes", []):
+        print(f"ctsynth upscale: note: {note}", file=sys.stderr)
     out = upscaler.upscale(volume, args.factor, args.depth_factor, args.tile or DEFAULT_TILE)
     written = write_volume(out, target, fmt, overwrite=args.overwrite,
                            offset=DEFAULT_OFFSET if args.offset is None else args.offset)

@@ -53,32 +53,37 @@ def _headers_of(ref: DicomSeriesRef) -> list[SliceHeader]:
     return headers
 
 
-_BROKEN_FIX = ("copy this file again from the archive or PACS (or re-export the series); ctsynth does not stack "
-               "a series with a slice missing")
+_BROKEN_FIX = ("copy this file again from the archive or PACS (or re-export the series), or remove it if it does "
+               "not belong to the series; to read the series without it, pass --skip-unreadable "
+               "(skip_unreadable=True)")
 
 
-def _refuse_broken_files(ref: DicomSeriesRef) -> None:
-    """A file of the series that cannot be read (cut short, corrupt, no permission) is named with the fix,
-    rather than showing up later as an anonymous gap between its neighbours."""
-    if not ref.broken:
-        return
-    path, why = ref.broken[0]
-    more = ""
-    if len(ref.broken) > 1:
-        more = f" (and {len(ref.broken) - 1} more: {name_files([p for p, _ in ref.broken[1:]], ref.folder)})"
-    raise CTSynthError(f"this file of series '{ref.description or ref.uid}' ({ref.n_slices} readable slices) "
+def _broken_files(ref: DicomSeriesRef, skip_unreadable: bool) -> list[str]:
+    """The files of the series that cannot be read (cut short, corrupt, no permission), named with the fix
+    rather than dropped or shown later as an anonymous gap between their neighbours; with
+    ``skip_unreadable``, the notes naming them (the series is read without them, and a gap is still refused)."""
+    broken = ref.unreadable
+    if not broken:
+        return []
+    if skip_unreadable:
+        return [f"skipped unreadable file {name_files([path], ref.folder)} (as asked): {why}" for path, why in broken]
+    path, why = broken[0]
+    more = f" (and {len(broken) - 1} more: {name_files([p for p, _ in broken[1:]], ref.folder)})" \
+        if len(broken) > 1 else ""
+    whose = "of" if (path, why) in ref.broken else "beside"
+    raise CTSynthError(f"this file {whose} series '{ref.description or ref.uid}' ({ref.n_slices} readable slices) "
                        f"cannot be read: {why}{more}", path, _BROKEN_FIX)
 
 
-def _select_series(source: Path, series_uid: str | None) -> tuple[DicomSeriesRef, list[str]]:
+def _select_series(source: Path, series_uid: str | None,
+                   skip_unreadable: bool = False) -> tuple[DicomSeriesRef, list[str]]:
     """Find the one CT series to read under ``source`` (a folder or a file), or raise a one-line error."""
     scan = scan_dicom_tree(source, allow_single_slice=source.is_file())
-    if scan.broken:
+    if scan.broken and not skip_unreadable:
         path, why = scan.broken[0]
         more = f" (and {len(scan.broken) - 1} more: {name_files([p for p, _ in scan.broken[1:]], source)})" \
             if len(scan.broken) > 1 else ""
-        raise CTSynthError(f"unreadable DICOM file, truncated or corrupt header ({why}){more}", path,
-                           "re-export or re-copy this file, or remove it from the folder")
+        raise CTSynthError(f"unreadable DICOM file, truncated or corrupt header ({why}){more}", path, _BROKEN_FIX)
     if series_uid is not None:
         for ref in scan.series:
             if ref.uid == series_uid:
@@ -271,43 +276,42 @@ def _meta(headers: list[SliceHeader], plan: StackPlan, n_files: int, notes: list
 
 def _with_skipped(error: CTSynthError, notes: list[str]) -> CTSynthError:
     """A geometry refusal (a gap, uneven steps) that also names the files skipped on the way: a slice that
-    seems missing is often a file of the series that was skipped (another SeriesInstanceUID, no position)."""
-    skipped = [n for n in notes if n.startswith(("skipped", "unreadable"))]
+    seems missing is often a file of the series that was skipped or set aside (another SeriesInstanceUID, no
+    position; see `ctsynth.io.dicom_select.stray_notes`)."""
+    skipped = [n for n in notes if n.startswith(("skipped", "unreadable", "set aside"))]
     if not skipped:
         return error
     return CTSynthError(f"{error.problem}; note: {'; '.join(skipped[:3])}", error.path, error.fix)
 
 
-def read_dicom_series(source: Path | str | DicomSeriesRef, series_uid: str | None = None) -> CTVolume:
+def read_dicom_series(source: Path | str | DicomSeriesRef, series_uid: str | None = None, *,
+                      skip_unreadable: bool = False) -> CTVolume:
     """Read one CT series (a folder, a file, or a `DicomSeriesRef`) into a `CTVolume` in HU.
 
     ``series_uid`` picks one series when a folder holds several. Raises `CTSynthError` for anything that
     cannot be read honestly (and nothing else: see `reader_boundary`); everything it fixed or skipped on the
-    way is listed in ``meta["notes"]``.
+    way is listed in ``meta["notes"]``. A file of the series that cannot be read is refused by name unless
+    ``skip_unreadable`` (then it is left out, with a note naming it).
     """
     where = source.folder if isinstance(source, DicomSeriesRef) else source
     with reader_boundary(where, "DICOM series"):
-        volume = _read_dicom_series(source, series_uid)
+        volume = _read_dicom_series(source, series_uid, skip_unreadable)
     return check_volume(volume, where, "re-export the series; its slice positions or spacing are not a CT grid")
 
 
-def _read_dicom_series(source: Path | str | DicomSeriesRef, series_uid: str | None) -> CTVolume:
+def _read_dicom_series(source: Path | str | DicomSeriesRef, series_uid: str | None,
+                       skip_unreadable: bool) -> CTVolume:
     if isinstance(source, DicomSeriesRef):
         ref, scan_notes = source, []
     else:
-        ref, scan_notes = _select_series(Path(source), series_uid)
-    _refuse_broken_files(ref)
+        ref, scan_notes = _select_series(Path(source), series_uid, skip_unreadable)
+    skipped = _broken_files(ref, skip_unreadable)
     headers = _headers_of(ref)
-    notes = list(dict.fromkeys(scan_notes + ref.notes + [f"{name_files([h.path], ref.folder)}: {n}" for h in headers
-                                                         for n in h.notes]))
+    notes = list(dict.fromkeys(skipped + scan_notes + ref.notes
+                               + [f"{name_files([h.path], ref.folder)}: {n}" for h in headers for n in h.notes]))
     try:
         plan = plan_stack(headers, ref.folder)
     except CTSynthError as exc:
-        if ref.maybe_broken and "missing" in exc.problem:
-            path, why = ref.maybe_broken[0]
-            raise CTSynthError(f"this file beside series '{ref.description or ref.uid}' cannot be read ({why}), "
-                               f"and the series lacks slices where it would be ({exc.problem})", path,
-                               _BROKEN_FIX) from exc
         raise _with_skipped(exc, notes) from exc
     notes.extend(plan.notes)
     problem = spacing_problem([plan.z_step], "the step between slice positions")

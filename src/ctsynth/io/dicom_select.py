@@ -32,11 +32,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CTSynthError
-from .dicom_series import DicomSeriesRef
+from .dicom_series import DicomSeriesRef, name_files
 from .identity import token
 
 PLANES = ("sagittal", "coronal", "axial")  # by the LPS axis (x, y, z) nearest the slice normal
 MAX_AXIAL_DEG = 45.0
+_NAMED_UP_TO = 2  # a set-aside series of at most this many files is named by its files (a stray slice?)
 _PROJECTION = {"MIP", "MINIP", "MIN IP", "MAX IP", "PROJECTION IMAGE", "VOLUME", "VR", "3D", "SSD", "AVERAGE IP"}
 _UID = re.compile(r"^\d+(\.\d+)+$")
 _SERIES_TOKEN = re.compile(r"^ser-[0-9a-f]{12}$")
@@ -142,9 +143,12 @@ class SeriesChoice:
                 "thickness_mm": self.thickness_mm, "used": self.used, "why_not": self.why or None}
 
     def name(self) -> str:
+        """'series 2 'ROUTINE' (120 images)'; a series of at most ``_NAMED_UP_TO`` files names them, since it
+        may be a stray slice of the series used (a file whose SeriesInstanceUID was changed or damaged)."""
         number = f"series {self.ref.series_number}" if self.ref.series_number is not None else "a series"
         desc = f" '{self.ref.description}'" if self.ref.description else ""
-        return f"{number}{desc} ({self.ref.n_slices} image{'' if self.ref.n_slices == 1 else 's'})"
+        files = f": {name_files(self.ref.files, self.ref.folder)}" if len(self.ref.files) <= _NAMED_UP_TO else ""
+        return f"{number}{desc} ({self.ref.n_slices} image{'' if self.ref.n_slices == 1 else 's'}{files})"
 
 
 def _describe(ref: DicomSeriesRef) -> SeriesChoice:
@@ -167,17 +171,14 @@ def _completeness(choice: SeriesChoice) -> None:
     from .dicom_geometry import plan_stack
 
     ref = choice.ref
-    if ref.broken:
-        path, why = ref.broken[0]
+    if ref.unreadable:
+        path, why = ref.unreadable[0]
         choice.problem = f"file {path} cannot be read ({why})"
         return
     try:
         plan = plan_stack(list(ref.headers), ref.folder)
     except CTSynthError as exc:
         choice.problem = exc.problem
-        if ref.maybe_broken and "missing" in exc.problem:  # name the unreadable file beside the gap
-            path, why = ref.maybe_broken[0]
-            choice.problem = f"file {path} cannot be read ({why}) and {exc.problem}"
         return
     if choice.thickness_mm is None:
         choice.thickness_mm = round(float(plan.z_step), 3)
@@ -269,6 +270,15 @@ def _why_not(c: SeriesChoice, best: SeriesChoice, rules: SeriesRules) -> str:
 def describe_set_aside(choices: list[SeriesChoice]) -> list[str]:
     """Notes for ``inspect``: 'set aside series 604 'COR 3X3' (128 images): coronal reformat (...)'."""
     return [f"set aside {c.name()}: {c.why}" for c in choices if not c.used]
+
+
+def stray_notes(choices: list[SeriesChoice], ref: DicomSeriesRef) -> list[str]:
+    """The set-aside notes of series so small and so near ``ref`` (its folder) that they may be slices of it:
+    reading ``ref`` lists them, and a gap in ``ref`` is refused naming their files rather than only its
+    neighbours."""
+    return [f"set aside {c.name()}: {c.why}" for c in choices
+            if not c.used and c.ref is not ref and len(c.ref.files) <= _NAMED_UP_TO
+            and {f.parent for f in c.ref.files} <= {f.parent for f in ref.files}]
 
 
 def folder_of(choices: list[SeriesChoice]) -> Path:

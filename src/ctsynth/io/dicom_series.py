@@ -5,6 +5,10 @@
 files, DICOMDIR indexes, unreadable (truncated) headers, objects without pixels, localizers, slices whose
 orientation differs from the rest of their series, colour or multi-frame images, single-slice series and
 non-CT modalities.
+
+A file that cannot be read is *broken* rather than *not DICOM* when it looks like a DICOM file (see
+`looks_like_dicom`); each broken file is given to the series it belongs to (`attribute_broken_files`), and
+reading that series refuses it by name unless asked to skip unreadable files (docs/dicom.md).
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ from .dicom_pixels import idle_cores
 
 _ORIENTATION_TOL = 5e-3  # direction cosines closer than this (about 0.3 degrees) count as the same plane
 _MAX_NAMES = 5
+# Names of DICOM image files; a file so named that cannot be parsed is a broken image, not junk to ignore.
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")
+# Extension-less files of a dataset that are not images (discovery ignores them too, with DICOMDIR).
+NOT_IMAGE_NAMES = {"dicomdir", "readme", "license", "licence", "copying", "version"}
 
 
 @dataclass
@@ -48,6 +56,12 @@ class DicomSeriesRef:
     broken: list[tuple[Path, str]] = field(default_factory=list)
     maybe_broken: list[tuple[Path, str]] = field(default_factory=list)
     set_aside: str = ""  # why the scan could not use the series at all (localizer, not CT, one slice ...)
+
+    @property
+    def unreadable(self) -> list[tuple[Path, str]]:
+        """Every file that may be a slice of this series and cannot be read, its own first: a file cut short
+        before its UIDs is as likely a slice of this series as anything else in its folder."""
+        return self.broken + [item for item in self.maybe_broken if item not in self.broken]
 
 
 @dataclass
@@ -303,13 +317,12 @@ def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
             if synthetic:
                 synthetic_keys.add(key)
             groups.setdefault(key, []).append(header)
+    not_dicom = _promote_dicom_looking(not_dicom, broken, {h.path.parent for hs in groups.values() for h in hs})
     if not_dicom:
         notes.append(f"skipped {len(not_dicom)} non-DICOM file(s): {name_files(not_dicom, root)}")
     if dicomdirs:
         notes.append(f"skipped DICOMDIR index file(s) (the images are read directly): "
                      f"{name_files(dicomdirs, root)}")
-    for path, why in broken:
-        notes.append(f"unreadable DICOM file (truncated or corrupt header: {why}): {name_files([path], root)}")
 
     series: list[DicomSeriesRef] = []
     other: list[DicomSeriesRef] = []
@@ -359,8 +372,48 @@ def scan_dicom_tree(root: Path, *, allow_single_slice: bool = False) -> _Scan:
         notes.extend(series_notes)
     series.sort(key=lambda r: (str(r.folder), r.uid))
     attribute_broken_files(series, broken)
+    claimed = {path for ref in series for path, _ in ref.broken + ref.maybe_broken}
+    for path, why in broken:  # a series' own broken files are named when that series is read
+        if path not in claimed:
+            notes.append(f"unreadable DICOM file (truncated or corrupt header: {why}): {name_files([path], root)}")
     return _Scan(root=root, series=series, other_series=other, broken=broken, notes=notes, n_dicom=n_dicom,
                  set_aside=set_aside)
+
+
+def looks_like_dicom(path: Path, dicom_folders: set[Path]) -> bool:
+    """Whether a file that does not parse as DICOM is still meant to be one (so a broken image, never junk).
+
+    The 'DICM' marker makes a file DICOM before this is asked (`read_slice_headers` calls it broken). Else:
+    a DICOM name (.dcm, .dicom, .dic, .ima), or no extension, or a numeric one (UID-named files such as
+    1.2.840.113619.2.55.17), in a folder that holds readable DICOM files, unless it is a known dataset file
+    (README, LICENSE, DICOMDIR). A file cut to a few bytes, or whose marker was damaged, has lost the marker."""
+    suffix = path.suffix.lower()
+    if suffix in DICOM_SUFFIXES:
+        return True
+    bare = suffix == "" or suffix[1:].isdigit()
+    return bare and path.parent in dicom_folders and path.name.lower() not in NOT_IMAGE_NAMES
+
+
+def _promote_dicom_looking(not_dicom: list[Path], broken: list[tuple[Path, str]],
+                           dicom_folders: set[Path]) -> list[Path]:
+    """Move the files of ``not_dicom`` that look like DICOM (`looks_like_dicom`) to ``broken``; the rest."""
+    rest = []
+    for path in not_dicom:
+        if looks_like_dicom(path, dicom_folders):
+            broken.append((path, _why_not_dicom(path)))
+        else:
+            rest.append(path)
+    return rest
+
+
+def _why_not_dicom(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if size == 0:
+        return "the file is empty"
+    return f"no DICOM header in its {size} bytes (cut short, or its start is corrupt)"
 
 
 def _set_aside_ref(key: str, folder: Path, headers: list[SliceHeader], modality: str, description: str,
@@ -377,8 +430,8 @@ def attribute_broken_files(series: list[DicomSeriesRef], broken: list[tuple[Path
     """Give each unreadable file to the series it belongs to, so that reading that series names the file.
 
     A file cut short in its header still holds the tags before the cut: if the bytes of a series' UID are
-    among them, the file is that series'. Otherwise it goes to ``maybe_broken`` of the series in the same
-    folder (named only if that series turns out to have a gap where the file would be).
+    among them, the file is that series'. Otherwise it goes to ``maybe_broken`` of every series in the same
+    folder; reading any of them refuses it too (`DicomSeriesRef.unreadable`).
     """
     if not broken or not series:
         return

@@ -35,7 +35,9 @@ from typing import Any
 
 from ..errors import CTSynthError
 from ..volume import CTVolume
-from .dicom_select import SeriesRules, describe_set_aside, folder_of, parse_series_option, select_series
+from .dicom_select import (SeriesRules, describe_set_aside, folder_of, parse_series_option, select_series,
+                           stray_notes)
+from .dicom_series import NOT_IMAGE_NAMES
 from .identity import DicomIdentity, Redactor
 from .labels import (LabelTable, find_labels_file, is_label_folder, label_from_path, match_labels,
                      parse_label_map, read_labels_csv)
@@ -49,7 +51,7 @@ MASK_NAME = re.compile(r"(?:[_-](?:seg|segmentation|mask|masks|label|labels|gt)$
                        re.IGNORECASE)
 # Files that are part of a dataset but not images: used elsewhere or ignored without a note.
 DATASET_FILES = {"labels.csv", "patient_details.csv", METADATA_NAME.lower(), "phantom.json", "ctsynth_tiff.json",
-                 "all.csv", "dicomdir", "readme", "readme.md", "readme.txt", "license", "license.txt"}
+                 "all.csv", "readme.md", "readme.txt", "license.txt"} | NOT_IMAGE_NAMES
 DATASET_SUFFIXES = (".csv", ".json", ".md", ".txt", ".yaml", ".yml", ".npz", ".npy", ".log")
 NOT_CT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pdf", ".zip", ".tar", ".gz", ".7z", ".rar",
                    ".html", ".htm", ".xml", ".doc", ".docx", ".xls", ".xlsx", ".py", ".sh", ".exe",
@@ -93,7 +95,7 @@ class StudyRef:
             from .dicom_reader import read_dicom_series
 
             volume = read_dicom_series(self.dicom_ref if self.dicom_ref is not None else self.path,
-                                       self.series_uid)
+                                       self.series_uid, skip_unreadable=self.options.get("skip_unreadable", False))
         else:
             raise ValueError(f"unknown study kind {self.kind!r}")
         if canonical:
@@ -180,12 +182,15 @@ def discover(
     offset: float | None = None,
     spacing_mm: tuple[float, float, float] | None = None,
     series: str | SeriesRules | None = None,
+    skip_unreadable: bool = False,
 ) -> Discovery:
     """Walk ``root`` and return its studies with labels and patients; see the module docstring.
 
     ``labels``: a CSV (``study,label``, or Patient_details.csv); default ``labels.csv`` or
     ``Patient_details.csv`` at the root. ``metadata``: COVID-CTset's Patients_metadata.csv; default the one at
-    the root. ``offset``/``spacing_mm`` apply to TIFF series (see :mod:`ctsynth.io.tiff`).
+    the root. ``offset``/``spacing_mm`` apply to TIFF series (see :mod:`ctsynth.io.tiff`). A DICOM study with a
+    file that looks like DICOM but cannot be read fails to read, naming the file, unless ``skip_unreadable``
+    (then it is read without the file, with a note naming it; docs/dicom.md).
     """
     root = Path(root)
     label_map_dict = parse_label_map(label_map)
@@ -256,7 +261,7 @@ def discover(
                                         files=files, series=series or "", n_slices=len(files),
                                         options=tiff_options))
         if dicom_candidates:
-            studies.extend(_dicom_studies(root, dicom_candidates, notes, rules, redact))
+            studies.extend(_dicom_studies(root, dicom_candidates, notes, rules, redact, skip_unreadable))
 
     # Unique ids (a NIfTI 'case1.nii.gz' beside a DICOM folder 'case1/').
     seen: dict[str, int] = {}
@@ -321,7 +326,7 @@ def _label_keys(study: StudyRef) -> dict[str, list[str]]:
 
 
 def _dicom_studies(root: Path, candidates: list[Path], notes: list[str], rules: SeriesRules,
-                   redact: Redactor) -> list[StudyRef]:
+                   redact: Redactor, skip_unreadable: bool = False) -> list[StudyRef]:
     """One StudyRef per training volume: series grouped into studies by StudyInstanceUID (by folder where a
     file has none), the volume(s) of each study chosen by :func:`ctsynth.io.dicom_select.select_series`."""
     from .dicom_series import scan_dicom_tree
@@ -382,7 +387,7 @@ def _dicom_studies(root: Path, candidates: list[Path], notes: list[str], rules: 
             base_id = redact(base)
         set_aside = describe_set_aside(choices)
         common = {"folder_id": "" if folder == root else base, "identity": identity,
-                  "choices": [c.summary() for c in choices]}
+                  "choices": [c.summary() for c in choices], "skip_unreadable": skip_unreadable}
         patient = identity.patient_token
         if not used:
             problem = "; ".join(set_aside) or "no series to read"
@@ -394,13 +399,15 @@ def _dicom_studies(root: Path, candidates: list[Path], notes: list[str], rules: 
         used.sort(key=lambda c: (c.ref.series_number is None, c.ref.series_number or 0, c.ref.description, c.ref.uid))
         for k, c in enumerate(used, start=1):
             ref = c.ref
+            # Read with the series: a gap is then refused naming a stray file set aside beside it.
+            ref.notes.extend(n for n in stray_notes(choices, ref) if n not in ref.notes)
             if len(used) == 1:
                 study_id = base_id
             else:
                 number = ref.series_number if ref.series_number is not None else k
                 study_id = f"{base_id}_s{number}"
             studies.append(StudyRef(id=study_id, patient=patient, kind="dicom", path=Path(ref.folder),
-                                    notes=list(getattr(ref, "notes", [])) + set_aside,
+                                    notes=list(dict.fromkeys(list(getattr(ref, "notes", [])) + set_aside)),
                                     series=ref.description or "", series_uid=ref.uid, n_slices=ref.n_slices,
                                     files=list(ref.files), dicom_ref=ref, options=dict(common)))
     return studies
@@ -420,7 +427,8 @@ def discover_studies(
     offset: float | None = None,
     spacing_mm: tuple[float, float, float] | None = None,
     series: str | SeriesRules | None = None,
+    skip_unreadable: bool = False,
 ) -> list[StudyRef]:
     """The studies under ``root`` (see :func:`discover`, which also returns notes about the tree)."""
     return discover(root, labels=labels, metadata=metadata, label_map=label_map, offset=offset,
-                    spacing_mm=spacing_mm, series=series).studies
+                    spacing_mm=spacing_mm, series=series, skip_unreadable=skip_unreadable).studies

@@ -14,9 +14,8 @@ it the way a user does (``read_study``) and sorts the result into an outcome:
   (the refusal names another file, not the corrupt one), ``error_unnamed`` (names no file of the input),
   ``multi_line_error``, ``warning_leaked`` (a library warning escaped the reader).
 
-A DICOM case whose problem only shows through discovery (a broken file skipped by ``discover`` with its
-note kept at tree level) is re-read with ``read_dicom_series``; if that names the file cleanly the case is
-counted as ``discovery_owned`` (owned by issue #14's discovery rework), not as a reader failure.
+A DICOM folder is read through discovery as a user's folder is: a file of the series that looks like DICOM but
+cannot be read must be refused by name there too (issue #15), so there is no second reading to excuse it.
 
 The engine is deterministic for a seed: case ``i`` of seed ``s`` is always the same bytes and mutation
 (DICOM UIDs and dates are derived from the case; `benchmarks/fuzz_readers.py --start i --cases 1` replays it).
@@ -576,14 +575,7 @@ def run_case(index: int, seed: int, fmt: str | None = None, work: Path | None = 
     folder = Path(tempfile.mkdtemp(prefix="ctsynth-fuzz-", dir=work))
     try:
         case = make_case(index, seed, folder, fmt)
-        result = classify(case, read_as_user)
-        if case.fmt == "dicom" and result.outcome in ("silent_drop", "error_names_other", "error_unnamed"):
-            from .dicom_reader import read_dicom_series
-
-            direct = classify(case, read_dicom_series)
-            if direct.outcome in ("clean_error", "noted"):
-                return Result(case, "discovery_owned", f"{result.outcome}: {result.detail[:150]}")
-        return result
+        return classify(case, read_as_user)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -593,14 +585,11 @@ class Summary:
     counts: Counter = field(default_factory=Counter)
     by_format: dict[str, Counter] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
-    owned: Counter = field(default_factory=Counter)  # what a discovery_owned case looked like through read_study
 
     def add(self, result: Result) -> None:
         self.counts[result.outcome] += 1
-        if result.outcome == "discovery_owned":
-            self.owned[result.detail.split(":", 1)[0]] += 1
         self.by_format.setdefault(result.case.fmt, Counter())[result.outcome] += 1
-        if result.outcome in BAD_OUTCOMES or result.outcome == "discovery_owned":
+        if result.outcome in BAD_OUTCOMES:
             examples = self.examples.setdefault(result.outcome, [])
             if len(examples) < 8:
                 examples.append(f"case {result.case.index} {result.case.fmt} {result.case.mutation}: "

@@ -20,12 +20,15 @@ def read_study(
     metadata: str | Path | None = None,
     labels: str | Path | None = None,
     label_map: str | dict[str, str] | None = None,
+    skip_unreadable: bool = False,
 ) -> CTVolume:
     """Read one study into HU: a .nii/.nii.gz file, a DICOM file or folder, or a folder of TIFF slices.
 
     A folder may hold the series anywhere below it; of a DICOM study the series chosen by the rules of
     :mod:`ctsynth.io.dicom_select` is read (scouts and reformats set aside), or the one ``series_uid`` names;
     several studies are an error listing their ids. ``offset``, ``spacing_mm`` and ``metadata`` apply to TIFF.
+    A file of the DICOM series that looks like DICOM but cannot be read is refused by name, unless
+    ``skip_unreadable`` (then the series is read without it, and ``meta['notes']`` names it).
     """
     path = Path(path)
     if not path.exists():
@@ -42,11 +45,12 @@ def read_study(
             return volume
         from .dicom_reader import read_dicom_series
 
-        return read_dicom_series(path, series_uid)
+        return read_dicom_series(path, series_uid, skip_unreadable=skip_unreadable)
     from .dicom_select import SeriesRules
 
     found = discover(path, labels=labels, metadata=metadata, label_map=label_map, offset=offset,
-                     spacing_mm=spacing_mm, series=None if series_uid is None else SeriesRules("uid", series_uid))
+                     spacing_mm=spacing_mm, series=None if series_uid is None else SeriesRules("uid", series_uid),
+                     skip_unreadable=skip_unreadable)
     studies = found.studies
     if series_uid is not None:
         from .identity import token

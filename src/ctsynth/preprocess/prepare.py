@@ -207,11 +207,12 @@ def prepare_cache(data: str | Path, config: Config, out: str | Path, *, labels: 
                   metadata: str | Path | None = None, label_map: str | dict[str, str] | None = None,
                   offset: float | None = None, spacing_mm: tuple[float, float, float] | None = None,
                   progress: bool = True, split_seed: int = 0,
-                  discover: Callable[..., list[Any]] | None = None, series: Any = None) -> CacheManifest:
+                  discover: Callable[..., list[Any]] | None = None, series: Any = None,
+                  skip_unreadable: bool = False) -> CacheManifest:
     """Build or update the cache in ``out`` from the studies under ``data``; see the module docstring.
 
-    ``labels``, ``metadata``, ``label_map``, ``offset``, ``spacing_mm`` and ``series`` (which series of a DICOM
-    study, :mod:`ctsynth.io.dicom_select`) go to discovery (docs/io.md). Paths and reasons written to the
+    ``labels``, ``metadata``, ``label_map``, ``offset``, ``spacing_mm``, ``series`` (which series of a DICOM
+    study, :mod:`ctsynth.io.dicom_select`) and ``skip_unreadable`` go to discovery (docs/io.md). Paths and reasons written to the
     manifest pass through discovery's redactor: no PatientID, StudyInstanceUID or AccessionNumber in clear.
     ``discover`` defaults to :func:`ctsynth.io.discover.discover` (its notes go to stderr); tests pass
     their own function returning study objects (``id, patient, kind, path, label, files, read()``).
@@ -224,7 +225,7 @@ def prepare_cache(data: str | Path, config: Config, out: str | Path, *, labels: 
         from ..io.discover import discover as discover_tree
 
         found = discover_tree(root, labels=labels, metadata=metadata, label_map=label_map, offset=offset,
-                              spacing_mm=spacing_mm, series=series)
+                              spacing_mm=spacing_mm, series=series, skip_unreadable=skip_unreadable)
         for note in found.notes:
             _log(progress, f"ctsynth prepare: note: {note}")
         studies = found.studies
