@@ -282,3 +282,96 @@ def test_cut_short_file_in_the_preferred_series_is_named_when_it_is_set_aside(tm
     assert study.series == "BONE"
     why = {c["description"]: c["why_not"] for c in study.options["choices"]}
     assert why["SOFT"].startswith(f"incomplete: file {soft[2]} cannot be read")
+
+
+# --- issue #15: a broken file is never dropped silently by read_study (convert, inspect, prepare) ---------------
+
+
+def _four_slices(folder: Path) -> list[Path]:
+    return write_series(synthetic_volume(shape=(4, 12, 10)), folder)
+
+
+def _refused_by_read_study(folder: Path, broken: Path) -> str:
+    from ctsynth.io.read import read_study
+
+    with pytest.raises(CTSynthError) as err:
+        read_study(folder)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(str(broken)) and "cannot be read" in text, text
+    assert "remove it if it does not belong to the series" in text and "--skip-unreadable" in text, text
+    return text
+
+
+@pytest.mark.parametrize("which", [2, 3])  # the 3rd file (a gap between readable slices), the last (no gap)
+def test_read_study_names_a_file_cut_to_300_bytes(tmp_path: Path, which: int) -> None:
+    files = _four_slices(tmp_path / "s")
+    files[which].write_bytes(files[which].read_bytes()[:300])
+    _refused_by_read_study(tmp_path / "s", files[which])
+
+
+def test_skip_unreadable_reads_the_rest_with_a_note_naming_the_file(tmp_path: Path) -> None:
+    from ctsynth.io.read import read_study
+
+    files = _four_slices(tmp_path / "s")
+    files[3].write_bytes(files[3].read_bytes()[:300])
+    volume = read_study(tmp_path / "s", skip_unreadable=True)
+    assert volume.shape[0] == 3
+    assert any(files[3].name in n and n.startswith("skipped unreadable file") for n in volume.meta["notes"])
+
+
+def test_skipping_a_file_in_the_middle_still_refuses_the_gap_naming_it(tmp_path: Path) -> None:
+    from ctsynth.io.read import read_study
+
+    files = _four_slices(tmp_path / "s")
+    files[2].write_bytes(files[2].read_bytes()[:300])
+    with pytest.raises(CTSynthError) as err:
+        read_study(tmp_path / "s", skip_unreadable=True)
+    assert "missing" in str(err.value) and files[2].name in str(err.value)
+
+
+@pytest.mark.parametrize("cut", [0, 100])  # no 'DICM' marker left to tell: the name says DICOM
+def test_a_file_cut_before_its_marker_is_broken_not_junk(tmp_path: Path, cut: int) -> None:
+    files = add_series(tmp_path / "d", synthetic_volume(shape=(4, 12, 10)), study="1.2.15", patient="P15",
+                       names=random.Random(15))  # extension-less names, as a flat PACS dump has them
+    files[3].write_bytes(files[3].read_bytes()[:cut])
+    _refused_by_read_study(tmp_path / "d", files[3])
+    named = tmp_path / "s"
+    dcm = _four_slices(named)
+    dcm[1].write_bytes(dcm[1].read_bytes()[:cut])
+    _refused_by_read_study(named, dcm[1])
+
+
+def test_dataset_files_beside_the_series_are_still_ignored(tmp_path: Path) -> None:
+    from ctsynth.io.read import read_study
+
+    files = _four_slices(tmp_path / "s")
+    for name in ("README.txt", "README", "LICENSE", "info.json", "thumb.png"):
+        (tmp_path / "s" / name).write_text("not an image\n")
+    (tmp_path / "s" / "DICOMDIR").write_bytes(b"\0" * 200)
+    volume = read_study(tmp_path / "s")
+    assert volume.shape[0] == len(files)
+
+
+def test_inspect_and_prepare_report_the_broken_study_and_go_on(tmp_path: Path, capsys) -> None:
+    from ctsynth.config import load_config
+    from ctsynth.preprocess.prepare import prepare_cache
+
+    good = _four_slices(tmp_path / "data" / "good")
+    bad = _four_slices(tmp_path / "data" / "bad")
+    bad[3].write_bytes(bad[3].read_bytes()[:300])
+    (tmp_path / "data" / "labels.csv").write_text("study,label\ngood,covid\nbad,normal\n")
+    assert main(["inspect", str(tmp_path / "data")]) == 1
+    out = capsys.readouterr().out
+    assert f"bad: problem: {bad[3]}" in out and "good" in out
+    manifest = prepare_cache(tmp_path / "data", load_config("tiny"), tmp_path / "prep", progress=False)
+    assert [e["id"] for e in manifest.studies] == ["good"] and len(good) == 4
+    assert manifest.skipped[0]["id"] == "bad" and bad[3].name in manifest.skipped[0]["reason"]
+    assert main(["inspect", str(tmp_path / "data"), "--skip-unreadable"]) == 0
+    assert f"bad: note: skipped unreadable file {bad[3].name}" in capsys.readouterr().out
+
+
+def test_convert_prints_the_note_of_a_skipped_file(tmp_path: Path, capsys) -> None:
+    files = _four_slices(tmp_path / "s")
+    files[0].write_bytes(files[0].read_bytes()[:300])
+    assert main(["convert", str(tmp_path / "s"), str(tmp_path / "ct.nii.gz"), "--skip-unreadable"]) == 0
+    assert f"ctsynth convert: note: skipped unreadable file {files[0].name}" in capsys.readouterr().err

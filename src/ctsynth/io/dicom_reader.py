@@ -53,9 +53,9 @@ def _headers_of(ref: DicomSeriesRef) -> list[SliceHeader]:
     return headers
 
 
-_BROKEN_FIX = ("copy this file again from the archive or PACS (or re-export the series), or remove it if it does "
-               "not belong to the series; to read the series without it, pass --skip-unreadable "
-               "(skip_unreadable=True)")
+_RECOPY_FIX = ("copy this file again from the archive or PACS (or re-export the series), or remove it if it does "
+               "not belong to the series")
+_BROKEN_FIX = f"{_RECOPY_FIX}; to read the series without it, pass --skip-unreadable (skip_unreadable=True)"
 
 
 def _broken_files(ref: DicomSeriesRef, skip_unreadable: bool) -> list[str]:
@@ -313,6 +313,9 @@ def _read_dicom_series(source: Path | str | DicomSeriesRef, series_uid: str | No
         plan = plan_stack(headers, ref.folder)
     except CTSynthError as exc:
         raise _with_skipped(exc, notes) from exc
+    if skipped and plan.resample_z:  # with so few slices that the median step hides it, still a slice missing
+        raise CTSynthError(f"uneven slice steps once the unreadable file(s) are left out: a slice is missing; note: "
+                           f"{'; '.join(skipped[:3])}", ref.unreadable[0][0], _RECOPY_FIX)
     notes.extend(plan.notes)
     problem = spacing_problem([plan.z_step], "the step between slice positions")
     if problem:  # every step is this large (or small): name the files whose positions say so

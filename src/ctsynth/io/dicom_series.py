@@ -430,8 +430,9 @@ def attribute_broken_files(series: list[DicomSeriesRef], broken: list[tuple[Path
     """Give each unreadable file to the series it belongs to, so that reading that series names the file.
 
     A file cut short in its header still holds the tags before the cut: if the bytes of a series' UID are
-    among them, the file is that series'. Otherwise it goes to ``maybe_broken`` of every series in the same
-    folder; reading any of them refuses it too (`DicomSeriesRef.unreadable`).
+    among them, the file is that series'. Otherwise it goes to ``maybe_broken`` of the series in its folder
+    that lacks slices, where exactly one does (a flat dump: the other series there stays readable), else of
+    every series in its folder; reading any of them refuses it (`DicomSeriesRef.unreadable`).
     """
     if not broken or not series:
         return
@@ -446,9 +447,21 @@ def attribute_broken_files(series: list[DicomSeriesRef], broken: list[tuple[Path
         if len(owners) == 1:
             owners[0].broken.append((path, why))
             continue
-        for ref in series:
-            if path.parent in {f.parent for f in ref.files}:
-                ref.maybe_broken.append((path, why))
+        beside = [ref for ref in series if path.parent in {f.parent for f in ref.files}]
+        gapped = [ref for ref in beside if _lacks_slices(ref)] if len(beside) > 1 else []
+        for ref in gapped if len(gapped) == 1 else beside:
+            ref.maybe_broken.append((path, why))
+
+
+def _lacks_slices(ref: DicomSeriesRef) -> bool:
+    """Whether the series' slice positions show a gap (where an unreadable file of its folder would fit)."""
+    from .dicom_geometry import plan_stack
+
+    try:
+        plan_stack(list(ref.headers), ref.folder)
+    except CTSynthError as exc:
+        return "missing" in exc.problem
+    return False
 
 
 def find_dicom_series(root: Path) -> tuple[list[DicomSeriesRef], list[str]]:
