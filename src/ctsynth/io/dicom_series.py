@@ -386,7 +386,10 @@ def looks_like_dicom(path: Path, dicom_folders: set[Path]) -> bool:
     The 'DICM' marker makes a file DICOM before this is asked (`read_slice_headers` calls it broken). Else:
     a DICOM name (.dcm, .dicom, .dic, .ima), or no extension, or a numeric one (UID-named files such as
     1.2.840.113619.2.55.17), in a folder that holds readable DICOM files, unless it is a known dataset file
-    (README, LICENSE, DICOMDIR). A file cut to a few bytes, or whose marker was damaged, has lost the marker."""
+    (README, LICENSE, DICOMDIR); never a hidden file. A file cut to a few bytes, or whose marker was damaged,
+    has lost the marker."""
+    if path.name.startswith("."):  # hidden: macOS' ._IM0001.dcm resource forks, editors' temporaries
+        return False
     suffix = path.suffix.lower()
     if suffix in DICOM_SUFFIXES:
         return True

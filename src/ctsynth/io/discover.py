@@ -364,9 +364,12 @@ def _dicom_studies(root: Path, candidates: list[Path], notes: list[str], rules: 
 
     studies = []
     planned = []
+    # A study of scouts or non-CT only is not read (the tree notes name its files); a small one may be a stray
+    # slice of a study beside it (its StudyInstanceUID damaged), which then names it (see stray_notes).
+    orphans = select_series([], [ref for readable, aside in groups.values() if not readable for ref in aside], rules)
     for (kind, value), (readable, aside) in groups.items():
         if not readable:
-            continue  # a study of scouts or non-CT only: the tree notes already name its files
+            continue
         headers = [h for ref in readable + aside for h in ref.headers]
         identity = DicomIdentity(patient_id=_majority(h.patient_id for h in headers),
                                  study_uid=value if kind == "uid" else "",
@@ -400,7 +403,7 @@ def _dicom_studies(root: Path, candidates: list[Path], notes: list[str], rules: 
         for k, c in enumerate(used, start=1):
             ref = c.ref
             # Read with the series: a gap is then refused naming a stray file set aside beside it.
-            ref.notes.extend(n for n in stray_notes(choices, ref) if n not in ref.notes)
+            ref.notes.extend(n for n in stray_notes(choices + orphans, ref) if n not in ref.notes)
             if len(used) == 1:
                 study_id = base_id
             else:
