@@ -212,8 +212,9 @@ def prepare_cache(data: str | Path, config: Config, out: str | Path, *, labels: 
     """Build or update the cache in ``out`` from the studies under ``data``; see the module docstring.
 
     ``labels``, ``metadata``, ``label_map``, ``offset``, ``spacing_mm``, ``series`` (which series of a DICOM
-    study, :mod:`ctsynth.io.dicom_select`) and ``skip_unreadable`` go to discovery (docs/io.md). Paths and reasons written to the
-    manifest pass through discovery's redactor: no PatientID, StudyInstanceUID or AccessionNumber in clear.
+    study, :mod:`ctsynth.io.dicom_select`) and ``skip_unreadable`` go to discovery (docs/io.md). Paths and
+    reasons written to the manifest pass through discovery's redactor: no PatientID, StudyInstanceUID or
+    AccessionNumber in clear.
     ``discover`` defaults to :func:`ctsynth.io.discover.discover` (its notes go to stderr); tests pass
     their own function returning study objects (``id, patient, kind, path, label, files, read()``).
     """
