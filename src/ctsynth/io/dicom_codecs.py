@@ -12,7 +12,7 @@ slices in parallel):
 | JPEG lossless (1.2.840.10008.1.2.4.57, .70) | imagecodecs ``jpeg8_decode`` (libjpeg-turbo 3, lossless), imagecodecs ``ljpeg_decode`` |
 | JPEG-LS (.80, .81) | imagecodecs ``jpegls_decode`` (CharLS) |
 | JPEG 2000 (.90, .91) | imagecodecs ``jpeg2k_decode`` (OpenJPEG) |
-| RLE lossless (1.2.840.10008.1.2.5) | pylibjpeg-rle |
+| RLE lossless (1.2.840.10008.1.2.5) | imagecodecs ``dicomrle_decode`` |
 
 Anything else (lossy baseline JPEG, deflate, big endian, multi-frame), a decoder that is not installed, or
 any failure (a file cut short, an odd codestream) returns None and the slice goes through pydicom as before,
@@ -56,15 +56,19 @@ def _imagecodecs(name: str, **kwargs) -> Decoder | None:
 
 
 def _rle() -> Decoder | None:
+    """imagecodecs' DICOM RLE decoder (C). Not pylibjpeg-rle: as fast here, but its Rust code panics on
+    some corrupt segments, and a panic prints a backtrace to the terminal before Python can catch it."""
     try:
-        from rle.utils import decode_pixel_data
+        import imagecodecs
     except ImportError:
+        return None
+    if not getattr(getattr(imagecodecs, "DICOMRLE", None), "available", False):
         return None
 
     def decode(data: bytes, header: SliceHeader) -> np.ndarray:
-        out = decode_pixel_data(data, version=2, rows=header.rows, columns=header.columns,
-                                bits_allocated=header.bits_allocated, samples_per_pixel=1, byteorder="<")
-        return np.frombuffer(out, dtype=f"<u{header.bits_allocated // 8}").reshape(header.rows, header.columns)
+        dtype = f"<u{header.bits_allocated // 8}"
+        out = imagecodecs.dicomrle_decode(data, dtype=dtype)  # the stored values, as bytes
+        return np.frombuffer(out, dtype=dtype).reshape(header.rows, header.columns)
 
     return decode
 
@@ -88,7 +92,7 @@ def decoders() -> dict[str, tuple[str, Decoder] | None]:
                       ("imagecodecs ljpeg", lambda: _imagecodecs("ljpeg")))
         jpegls = _first(("imagecodecs jpegls (CharLS)", lambda: _imagecodecs("jpegls")))
         j2k = _first(("imagecodecs jpeg2k (OpenJPEG)", lambda: _imagecodecs("jpeg2k", numthreads=1)))
-        rle = _first(("pylibjpeg-rle", _rle))
+        rle = _first(("imagecodecs dicomrle", _rle))
         table: dict[str, tuple[str, Decoder] | None] = {}
         for syntaxes, found in ((JPEG_LOSSLESS, jpeg), (JPEG_LS, jpegls), (JPEG_2000, j2k), (RLE_LOSSLESS, rle)):
             for uid in syntaxes:
