@@ -16,9 +16,10 @@ from ctsynth.train.common import StepSampler, sample_ids, study_for_sample
 def test_presets_load_and_build(name):
     assert name in preset_names()
     config = load_config(name)
-    assert config.name == name and downsampling_factor(config.autoencoder) == (8 if name == "quality" else 4)
-    # tiny exercises the trained stage 1; the demo keeps it until the Haar space wins at its budget (docs/quality.md)
-    assert config.autoencoder.kind == ("kl" if name in ("tiny", "demo") else "haar")
+    assert config.name == name
+    assert downsampling_factor(config.autoencoder) == (8 if name in ("quality", "demo") else 4)
+    # tiny exercises the trained stage 1; every other preset is on the lossless Haar bands (docs/quality.md)
+    assert config.autoencoder.kind == ("kl" if name == "tiny" else "haar")
     if config.autoencoder.kind == "kl":
         assert all(p <= n for p, n in zip(config.autoencoder.patch, config.data.shape))
     if name in ("tiny", "demo", "quality"):  # the big ones are built in the benchmark, not in a test

@@ -16,8 +16,9 @@ from pathlib import Path
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="run phantom, prepare, train, generate and evaluate, small, on a CPU",
-        description="The whole pipeline on a built-in phantom cohort with the `demo` preset: a few minutes to "
-                    "about a quarter of an hour on a laptop CPU. Rerunning continues an interrupted demo.")
+        description="The whole pipeline on a built-in phantom cohort with the `demo` preset (the wavelet "
+                    "cascade, small): about two minutes on an idle 2-core CPU. Rerunning continues an "
+                    "interrupted demo.")
     parser.add_argument("--out", default="ctsynth-demo", type=Path, help="output folder (default ./ctsynth-demo)")
     parser.add_argument("--n", type=int, default=16, help="phantom cases (default 16)")
     parser.add_argument("--size", type=int, default=128, help="phantom in-plane matrix (default 128)")
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     print(summarise(prepare_cache(cohort, config, prep, progress=False)), file=sys.stderr)
     print(f"   {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
-    t = _step(f"3/5 train autoencoder + latent diffusion -> {run_dir}")
+    t = _step(f"3/5 train ({config.name}) -> {run_dir}")
     if train(prep, config, run_dir) != "done":
         print(f"ctsynth demo: training stopped; run `ctsynth demo --out {out}` again to continue", file=sys.stderr)
         return 130

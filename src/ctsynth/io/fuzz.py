@@ -44,6 +44,7 @@ import numpy as np
 from ..errors import CTSynthError
 from ..volume import CTVolume
 
+# The limits, kept apart from io/plausible.py on purpose: the oracle must not move with the code it judges.
 SPACING_RANGE_MM = (0.05, 50.0)
 BAD_OUTCOMES = ("traceback", "silent_drop", "nonfinite_hu", "absurd_geometry", "error_names_other",
                 "error_unnamed", "multi_line_error", "warning_leaked")
