@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.n, args.phantom_size, args.samples, args.curve, args.curve_samples = 12, 64, 3, 2, 2
-        args.budget_min = min(args.budget_min, 0.2)
+        args.budget_min = min(args.budget_min, 0.05)
 
     import torch
 
