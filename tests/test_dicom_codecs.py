@@ -4,6 +4,7 @@ back to pydicom (which names the file) on anything they cannot do."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
+from ctsynth.errors import CTSynthError
 from ctsynth.io.dicom_codecs import decode_encapsulated, decoder_name
 from ctsynth.io.dicom_headers import read_slice_headers
 from ctsynth.io.dicom_reader import read_dicom_series
@@ -109,3 +111,33 @@ def test_decoding_in_worker_processes_gives_the_same_volume_and_errors(tmp_path:
             read_dicom_series(tmp_path / "s")
         errors.append((type(err.value), str(err.value)))
     assert errors[0] == errors[1] and str(files[6]) in errors[1][1]
+
+
+def test_rle_header_check_known_answers() -> None:
+    from ctsynth.io.dicom_codecs import _rle_header_ok
+
+    def frame(n: int, *offsets: int, length: int = 200) -> bytes:
+        header = struct.pack("<16I", n, *offsets, *([0] * (15 - len(offsets))))
+        return header + bytes(length - 64)
+
+    assert _rle_header_ok(frame(2, 64, 130), 2)
+    assert not _rle_header_ok(frame(1, 64), 2)  # wrong segment count
+    assert not _rle_header_ok(frame(2, 60, 130), 2)  # first segment not at 64
+    assert not _rle_header_ok(frame(2, 64, 64), 2)  # offsets not rising
+    assert not _rle_header_ok(frame(2, 64, 4_000_000), 2)  # beyond the frame (imagecodecs would read past it)
+    assert not _rle_header_ok(frame(2, 64, 130)[:40], 2)  # shorter than the header
+
+
+def test_rle_with_broken_segment_offsets_is_refused_by_name(tmp_path: Path) -> None:
+    """imagecodecs' dicomrle reads past its buffer (a segfault) on wrong segment offsets: such a frame must
+    never reach it; pydicom's decoder refuses it, naming the file."""
+    files = write_series(synthetic_volume(shape=(3, 16, 16)), tmp_path / "s")
+    for f in files:
+        edit(f, lambda ds: _encode(ds, RLELossless))
+    data = bytearray(files[1].read_bytes())
+    header_at = data.rfind(struct.pack("<2I", 2, 64))  # the RLE header: 2 segments, the first at byte 64
+    data[header_at + 8: header_at + 12] = struct.pack("<I", 0x7FFF0000)  # second segment far past the end
+    files[1].write_bytes(bytes(data))
+    with pytest.raises(CTSynthError) as err:
+        read_dicom_series(tmp_path / "s")
+    assert str(files[1]) in str(err.value)

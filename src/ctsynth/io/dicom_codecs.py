@@ -24,11 +24,10 @@ libjpeg-turbo and liblj92 both return the encoded values; the real GE series equ
 
 from __future__ import annotations
 
+import struct
 from typing import Callable
 
 import numpy as np
-
-from ..errors import CTSynthError
 
 from .dicom_headers import SliceHeader
 
@@ -56,8 +55,12 @@ def _imagecodecs(name: str, **kwargs) -> Decoder | None:
 
 
 def _rle() -> Decoder | None:
-    """imagecodecs' DICOM RLE decoder (C). Not pylibjpeg-rle: as fast here, but its Rust code panics on
-    some corrupt segments, and a panic prints a backtrace to the terminal before Python can catch it."""
+    """imagecodecs' DICOM RLE decoder (C), given only frames whose RLE header is sound.
+
+    Not pylibjpeg-rle: as fast here, but its Rust code panics on some corrupt segments (a backtrace on the
+    terminal before Python can catch it). imagecodecs trusts the header's segment offsets and reads past the
+    buffer (a segfault) when they are wrong, so :func:`_rle_header_ok` checks them first; a frame that fails
+    goes to pydicom's own decoder, which names the file in its error."""
     try:
         import imagecodecs
     except ImportError:
@@ -66,11 +69,24 @@ def _rle() -> Decoder | None:
         return None
 
     def decode(data: bytes, header: SliceHeader) -> np.ndarray:
+        if not _rle_header_ok(data, header.bits_allocated // 8):
+            raise ValueError("RLE header: segment count or offsets do not fit the frame")
         dtype = f"<u{header.bits_allocated // 8}"
         out = imagecodecs.dicomrle_decode(data, dtype=dtype)  # the stored values, as bytes
         return np.frombuffer(out, dtype=dtype).reshape(header.rows, header.columns)
 
     return decode
+
+
+def _rle_header_ok(frame: bytes, segments: int) -> bool:
+    """The 64-byte RLE header (PS3.5 G.5): ``segments`` segments, the first at byte 64, offsets rising and
+    inside the frame."""
+    if len(frame) < 64:
+        return False
+    header = struct.unpack("<16I", frame[:64])
+    offsets = header[1:1 + segments]
+    return (header[0] == segments and offsets[0] == 64 and all(b > a for a, b in zip(offsets, offsets[1:]))
+            and offsets[-1] < len(frame))
 
 
 def _first(*candidates: tuple[str, Callable[[], Decoder | None]]) -> tuple[str, Decoder] | None:
@@ -147,13 +163,6 @@ def decode_encapsulated(header: SliceHeader) -> np.ndarray | None:
         arr = np.asarray(found[1](frame, header))
     except Exception:  # any trouble: pydicom decodes it (or names the file in its error)
         return None
-    except BaseException as exc:  # a Rust decoder's panic (pyo3's PanicException) is not an Exception
-        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
-            raise
-        # Not handed on to pydicom: its plugins include the same decoder, which would panic again.
-        raise CTSynthError(f"the compressed pixel data is corrupt ({found[0]} failed: {str(exc)[:120]})",
-                           header.path, "re-export or re-copy this file (or remove it and re-export the series)"
-                           ) from exc
     dtype = _stored_dtype(header)
     if arr.shape != (header.rows, header.columns) or arr.dtype.itemsize != dtype.itemsize:
         return None
