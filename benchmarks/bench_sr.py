@@ -63,7 +63,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="phantom in-plane pixels (default 256)")
     parser.add_argument("--shape", type=int, nargs=3, default=[48, 256, 256])
     parser.add_argument("--budget-min", type=float, default=10.0, help="training minutes per network")
-    parser.add_argument("--batch", type=int, default=2, help="patches a step (default 2; the preset's 8 takes about 5x longer a step on one CPU thread)")
+    parser.add_argument("--batch", type=int, default=2,
+                        help="patches a step (default 2; the preset's 8 takes about 5x longer a step on one thread)")
     parser.add_argument("--jobs", type=int, choices=(1, 2), default=1, help="train the two runs at once")
     parser.add_argument("--skip-upscale", action="store_true", help="no bench_upscale.py timings")
     args = parser.parse_args()
