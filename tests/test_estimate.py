@@ -44,6 +44,11 @@ def test_the_projection_of_a_schedule_and_an_epoch():
     # a diffusion time budget caps its schedule: 0.05 min = 3 s < 16 x 0.25 s
     capped = dataclasses.replace(config, train=dataclasses.replace(config.train, time_budget_min=0.05))
     assert project(capped, measured, cases=30, devices=2)["stages"][1]["schedule_s"] == pytest.approx(3.0)
+    # so does it each super-resolution network's (the budget is per network), and not the autoencoder's
+    sr = dataclasses.replace(load_config("sr-tiny"), train=dataclasses.replace(config.train, time_budget_min=0.05))
+    sr_measured = {name: StageMeasure(name, 1.0, 10.0, 2, 1) for name in ("sr_inplane", "sr_depth")}
+    assert [r["schedule_s"] for r in project(sr, sr_measured, cases=30)["stages"]] == [3.0, 3.0]
+    assert project(capped, measured, cases=30, devices=2)["stages"][0]["schedule_s"] == 8.0
     # a stage with nothing to train (the Haar autoencoder) costs nothing
     none = {"autoencoder": StageMeasure("autoencoder", None, None, 2, 1)}
     assert project(config, none, cases=30)["schedule_s"] == 0.0

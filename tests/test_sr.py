@@ -97,6 +97,22 @@ def test_sr_beats_trilinear_on_held_out_slab_averaged_smooth_volumes(tmp_path):
     assert metrics["sr_ssim"] > metrics["trilinear_ssim"]
 
 
+def test_a_time_budget_ends_each_sr_network_as_finished(tmp_path):
+    """``train.time_budget_min`` applies to each network on its own: both end, finished (weights, metrics),
+    at the first step past the budget, far short of ``sr.steps``."""
+    data = dataclasses.replace(load_config("tiny").data, shape=(16, 16, 16))
+    prep = smooth_cache(tmp_path / "prep", dataclasses.replace(load_config("tiny"), data=data), n=3, n_held_out=1)
+    config = load_config("sr-tiny")
+    config = dataclasses.replace(config, sr=dataclasses.replace(config.sr, patch=(16, 16, 16), batch_size=1,
+                                                                steps=10**6),
+                                 train=dataclasses.replace(config.train, time_budget_min=0.02))
+    assert train(prep, config, tmp_path / "run", CPU) == "done"
+    for stage in ("sr_inplane", "sr_depth"):
+        done = json.loads((tmp_path / "run" / stage / "done.json").read_text())
+        assert 1 <= done["step"] < 10**6 and 1.2 <= done["train_seconds"] < 60, done
+        assert (tmp_path / "run" / stage / "metrics.json").is_file()
+
+
 @pytest.mark.parametrize("axis, factor", [("inplane", 4), ("depth", 2)])
 def test_tiled_upscaling_equals_untiled(axis, factor):
     """Each tile is read with a halo of the receptive radius, so every output voxel sees what it would see

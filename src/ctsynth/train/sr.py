@@ -6,7 +6,9 @@ Per step (``grad_accum`` micro-batches of ``sr.batch_size``): random patches of 
 sees what an uninterrupted one would), cropped to a multiple of the factor, are the targets; their
 scanner-like degradation (:func:`ctsynth.models.sr.degrade`: slab-averaged thick slices, or in-plane blur
 then cell averages) is the input. The loss is the mean absolute error at the output plus
-``sr.intermediate_weight`` times that after the sub-pixel layer (Georgescu et al. 2020). Adam.
+``sr.intermediate_weight`` times that after the sub-pixel layer (Georgescu et al. 2020). Adam. Each network
+trains for ``sr.steps`` steps or, with ``train.time_budget_min``, until the first step past that many minutes
+of its own training (so the budget is per network, and ``done.json`` records the steps reached).
 
 At the end, on up to ``sr.eval_studies`` held-out studies (whole volumes, tiled as ``ctsynth upscale``
 does): PSNR and SSIM (MONAI, [-1, 1] images) of the network, of trilinear and of cubic interpolation of the
@@ -47,7 +49,8 @@ class SrStage(Stage):
         self.name = sr_stage(axis)
         self.factor = self.cfg.inplane_factor if axis == "inplane" else self.cfg.depth_factor
         self.scale = scale_of(axis, self.factor)
-        self.steps, self.lr = self.cfg.steps, self.cfg.lr
+        # the budget is per network: each stage counts its own training time (over resumes)
+        self.steps, self.lr, self.time_budget_min = self.cfg.steps, self.cfg.lr, self.tcfg.time_budget_min
         self.net = None
 
     def trains(self) -> bool:
