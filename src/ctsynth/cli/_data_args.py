@@ -1,4 +1,4 @@
-"""Options shared by the commands that read a data folder (inspect, convert, prepare)."""
+"""Options shared by the commands that read a data folder (inspect, prepare) or one study (convert, upscale)."""
 
 from __future__ import annotations
 
@@ -80,3 +80,29 @@ def output_target(output: str, fmt: str | None, overwrite: bool):
         raise CTSynthError("the output already exists; nothing was written", target,
                            "remove it, choose another name, or pass --overwrite")
     return fmt, target
+
+
+def add_one_study_options(parser: argparse.ArgumentParser) -> None:
+    """IN, OUT, --format, --series (a SeriesInstanceUID), --overwrite and the data options: the commands that
+    read one study and write one (`convert`, `upscale`)."""
+    parser.add_argument("input", metavar="IN", help="the study to read (file or folder)")
+    parser.add_argument("output", metavar="OUT", help="a .nii/.nii.gz file, or a folder with --format dicom|tiff")
+    parser.add_argument("--format", choices=("nifti", "dicom", "tiff"),
+                        help="output format (default: nifti when OUT ends in .nii/.nii.gz)")
+    parser.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read when IN holds several")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    add_data_options(parser, series=False)
+
+
+def read_one_study(args: argparse.Namespace, command: str):
+    """The study IN of :func:`add_one_study_options`, its reading notes printed to stderr."""
+    import sys
+
+    from ..io.read import read_study
+
+    volume = read_study(args.input, series_uid=args.series, offset=args.offset, spacing_mm=args.spacing,
+                        metadata=args.metadata, labels=args.labels, label_map=args.label_map,
+                        skip_unreadable=args.skip_unreadable)
+    for note in volume.meta.get("notes", []):
+        print(f"ctsynth {command}: note: {note}", file=sys.stderr)
+    return volume

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._data_args import add_data_options, output_target
+from ._data_args import add_one_study_options, output_target, read_one_study
 
 
 def _tile(text: str) -> tuple[int, int, int]:
@@ -25,8 +25,6 @@ def register(subparsers) -> None:
                     "networks of a `ctsynth train PREP --config sr` run, and write it with the same physical "
                     "extent, origin and direction, in HU. Tiled with overlap: memory is bounded by --tile. "
                     "The output appears whole or not at all.")
-    parser.add_argument("input", metavar="IN", help="the study to read (file or folder)")
-    parser.add_argument("output", metavar="OUT", help="a .nii/.nii.gz file, or a folder with --format dicom|tiff")
     parser.add_argument("--run", required=True, metavar="SR_RUN", help="run folder of `ctsynth train --config sr`")
     parser.add_argument("--factor", type=int, default=None,
                         help="in-plane factor: the run's (default) or 1 (none)")
@@ -35,18 +33,13 @@ def register(subparsers) -> None:
     parser.add_argument("--tile", type=_tile, default=None, metavar="Z,Y,X",
                         help="coarse voxels per tile, halo not counted (default 16,64,64)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when present)")
-    parser.add_argument("--format", choices=("nifti", "dicom", "tiff"),
-                        help="output format (default: nifti when OUT ends in .nii/.nii.gz)")
-    parser.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read when IN holds several")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    add_data_options(parser, series=False)
+    add_one_study_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..io.read import read_study
     from ..io.tiff import DEFAULT_OFFSET
     from ..io.write import write_volume
     from ..upscale import DEFAULT_TILE, Upscaler
@@ -55,11 +48,7 @@ def run(args: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     upscaler = Upscaler.load(args.run, device=device)
     upscaler.check_factors(args.factor, args.depth_factor)  # before reading: bad input fails fast
-    volume = read_study(args.input, series_uid=args.series, offset=args.offset, spacing_mm=args.spacing,
-                        metadata=args.metadata, labels=args.labels, label_map=args.label_map,
-                        skip_unreadable=args.skip_unreadable)
-    for note in volume.meta.get("notes", []):
-        print(f"ctsynth upscale: note: {note}", file=sys.stderr)
+    volume = read_one_study(args, "upscale")
     out = upscaler.upscale(volume, args.factor, args.depth_factor, args.tile or DEFAULT_TILE)
     written = write_volume(out, target, fmt, overwrite=args.overwrite,
                            offset=DEFAULT_OFFSET if args.offset is None else args.offset)
