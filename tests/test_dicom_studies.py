@@ -368,6 +368,12 @@ def test_inspect_and_prepare_report_the_broken_study_and_go_on(tmp_path: Path, c
     assert manifest.skipped[0]["id"] == "bad" and bad[3].name in manifest.skipped[0]["reason"]
     assert main(["inspect", str(tmp_path / "data"), "--skip-unreadable"]) == 0
     assert f"bad: note: skipped unreadable file {bad[3].name}" in capsys.readouterr().out
+    # cached without the broken file (as asked), then prepared again without the option: refused, not kept
+    skipped = prepare_cache(tmp_path / "data", load_config("tiny"), tmp_path / "prep2", progress=False,
+                            skip_unreadable=True)
+    assert sorted(e["id"] for e in skipped.studies) == ["bad", "good"]
+    again = prepare_cache(tmp_path / "data", load_config("tiny"), tmp_path / "prep2", progress=False)
+    assert [e["id"] for e in again.studies] == ["good"] and bad[3].name in again.skipped[0]["reason"]
 
 
 def test_convert_prints_the_note_of_a_skipped_file(tmp_path: Path, capsys) -> None:

@@ -80,6 +80,10 @@ def source_hash(study: Any) -> str:
             name = file.name
         digest.update(f"{name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     digest.update(f"{getattr(study, 'series_uid', '') or ''}".encode())
+    if (getattr(study, "options", None) or {}).get("skip_unreadable"):
+        # A study read without its unreadable files is not the study a rerun without the option would read
+        # (that one is refused, naming the file): the cache must not keep it as unchanged.
+        digest.update(b"\nskip_unreadable")
     return digest.hexdigest()[:32]
 
 
