@@ -6,6 +6,7 @@
     python benchmarks/bench_seed_systems.py train cascade-low --work W --budget-min 4
     python benchmarks/bench_seed_systems.py train cascade-sr --work W --budget-min 4
     python benchmarks/bench_seed_systems.py report --work W --samples 10     # generate, evaluate, montages
+    ... train RUN --work W2 --seed 1 ...                                     # another training seed: a new W
 
 Each ``train`` is one process (run two at once on two cores); ``report`` generates ``--samples`` volumes per
 class from each finished run, evaluates every set in one ``ctsynth.evaluate.evaluate`` call against the same
@@ -54,9 +55,9 @@ def low_data():
     return dataclasses.replace(data, shape=(data.shape[0], data.shape[1] // 2, data.shape[2] // 2))
 
 
-def budgeted(config, budget_min: float):
+def budgeted(config, budget_min: float, seed: int):
     """Steps are left unlimited so that ``train.time_budget_min`` alone ends each stage."""
-    train = dataclasses.replace(config.train, time_budget_min=budget_min, checkpoint_every=10**9,
+    train = dataclasses.replace(config.train, seed=seed, time_budget_min=budget_min, checkpoint_every=10**9,
                                 checkpoint_every_min=max(budget_min / 2, 0.5), keep_last=2)
     return dataclasses.replace(config, train=train)
 
@@ -79,7 +80,7 @@ def run_config(name: str, args: argparse.Namespace):
         config = dataclasses.replace(config, data=base_data(), sr=sr)
     else:
         raise SystemExit(f"unknown run {name!r}; one of {', '.join(RUNS)}")
-    return budgeted(config, args.budget_min)
+    return budgeted(config, args.budget_min, args.seed)
 
 
 def prep_dir(work: Path, data) -> Path:
@@ -225,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-min", type=float, default=8.0, help="training wall clock of a run, minutes")
     parser.add_argument("--gan-width", type=float, default=0.25, help="GAN width multiplier (published: 1)")
     parser.add_argument("--gan-batch", type=int, default=16, help="GAN batch (published: 100)")
+    parser.add_argument("--seed", type=int, default=0, help="train.seed of every run (a new --work for each)")
     parser.add_argument("--samples", type=int, default=10, help="synthetic volumes per class and system")
     parser.add_argument("--eval-steps", type=int, default=150, help="evaluation encoder and classifier steps")
     parser.add_argument("--bootstrap", type=int, default=200, help="evaluation bootstrap resamples")
