@@ -48,6 +48,9 @@ def test_the_projection_of_a_schedule_and_an_epoch():
     sr = dataclasses.replace(load_config("sr-tiny"), train=dataclasses.replace(config.train, time_budget_min=0.05))
     sr_measured = {name: StageMeasure(name, 1.0, 10.0, 2, 1) for name in ("sr_inplane", "sr_depth")}
     assert [r["schedule_s"] for r in project(sr, sr_measured, cases=30)["stages"]] == [3.0, 3.0]
+    # and the GAN's (its stage honours the budget too)
+    gan = dataclasses.replace(load_config("gan-tiny"), train=dataclasses.replace(config.train, time_budget_min=0.05))
+    assert project(gan, {"gan": StageMeasure("gan", 1.0, 10.0, 4, 1)}, cases=30)["stages"][0]["schedule_s"] == 3.0
     assert project(capped, measured, cases=30, devices=2)["stages"][0]["schedule_s"] == 8.0
     # a stage with nothing to train (the Haar autoencoder) costs nothing
     none = {"autoencoder": StageMeasure("autoencoder", None, None, 2, 1)}

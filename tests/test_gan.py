@@ -126,6 +126,19 @@ def test_a_tiny_gan_trains_resumes_exactly_and_generates_from_the_cli(tmp_path, 
     assert lo <= one[0].hu.min() and one[0].hu.max() <= hi
 
 
+def test_a_time_budget_ends_the_gan_as_finished(tmp_path):
+    """``train.time_budget_min`` ends the GAN, finished (weights, ``done.json``), at the first step past the
+    budget, as it ends the other stages: far short of ``gan.steps`` (a minute of steps here without it)."""
+    config = tiny_gan(steps=2000)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, time_budget_min=0.02,
+                                                                   checkpoint_every=10**9, log_every=100))
+    prep = make_tiny_cache(tmp_path / "prep", config, n=4, n_held_out=1)
+    assert train(prep, config, tmp_path / "run", CPU) == "done"
+    done = json.loads((tmp_path / "run" / "gan" / "done.json").read_text())
+    assert 1 <= done["step"] < 2000 and 1.2 <= done["train_seconds"] < 60, done
+    assert (tmp_path / "run" / "gan" / "model.safetensors").is_file()
+
+
 def test_an_unknown_model_is_one_line():
     with pytest.raises(CTSynthError, match="unknown model 'vae'"):
         dataclasses.replace(load_config("gan-tiny"), model="vae")

@@ -143,10 +143,10 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     augment: bool = True  # stage 1 patches: ctsynth.data.Augment (small affine + intensity jitter, no flip)
     weight_decay: float = 0.0
-    # Wall-clock limits (0 = none), counted over resumes: the diffusion stage, and each super-resolution
-    # network, ends as finished at the first step past ``time_budget_min`` (so the number of steps depends on
-    # the machine); a checkpoint is also written every ``checkpoint_every_min`` in every trained stage
-    # (learning curves; cluster time limits).
+    # Wall-clock limits (0 = none), counted over resumes: the diffusion stage, the GAN, and each
+    # super-resolution network, ends as finished at the first step past ``time_budget_min`` (so the number
+    # of steps depends on the machine); a checkpoint is also written every ``checkpoint_every_min`` in every
+    # trained stage (learning curves; cluster time limits).
     time_budget_min: float = 0.0
     checkpoint_every_min: float = 0.0
 

@@ -7,7 +7,9 @@ Per step (``grad_accum`` micro-batches of ``gan.batch_size``): real volumes in t
 the discriminator's binary cross-entropy on real vs detached generated volumes, and the generator's on its
 volumes labelled real (the discriminator frozen). Both losses are computed on the same discriminator and
 applied together after the runner's finiteness check (simultaneous updates). Adam with ``beta1``; the
-generator's and discriminator's learning rates differ (``lr_g``, ``lr_d``).
+generator's and discriminator's learning rates differ (``lr_g``, ``lr_d``). The stage trains for ``gan.steps``
+steps or, with ``train.time_budget_min``, until the first step past that many minutes (``done.json`` records
+the steps reached).
 
 The discriminator-update rule of the paper: the discriminator's accuracy on the step's batch (real
 classified real, generated classified generated; over every micro-batch and rank) is measured before any
@@ -48,7 +50,9 @@ class GanStage(Stage):
     def __init__(self, fabric, config: Config, prep_dir: Path, run_dir: Path, entries: dict[str, list]) -> None:
         self.fabric, self.config, self.prep_dir, self.run_dir, self.entries = fabric, config, prep_dir, run_dir, entries
         self.cfg, self.tcfg = config.gan, config.train
-        self.steps, self.lr = self.cfg.steps, self.cfg.lr_g
+        # the wall-clock budget (``train.time_budget_min``, over resumes) as the other stages: so that a GAN and
+        # a diffusion model compared on one budget (benchmarks/bench_seed_systems.py) train for the same minutes
+        self.steps, self.lr, self.time_budget_min = self.cfg.steps, self.cfg.lr_g, self.tcfg.time_budget_min
         self.update_d = True
 
     def base_lrs(self) -> dict[str, float]:
