@@ -80,3 +80,25 @@ def test_empty_split_is_a_clear_error(prep):
 
     with pytest.raises(CTSynthError, match="no"):
         CacheVolumes(prep, split="validation")
+
+
+def test_random_shifts_move_each_volume_by_whole_voxels_drawn_per_sample():
+    from ctsynth.data import random_shifts
+
+    volumes = torch.zeros(3, 1, 6, 10, 12)
+    volumes[:, 0, 3, 5, 6] = 1.0  # one bright voxel, away from the border
+    assert torch.equal(random_shifts(volumes, [0, 1, 2], seed=7, max_shift=(0, 0, 0)), volumes)
+    out = random_shifts(volumes, [10, 11, 12], seed=7, max_shift=(1, 2, 3))
+    for k in range(3):
+        (z, y, x), = torch.nonzero(out[k, 0]).tolist()  # still one voxel, moved within the bounds
+        assert abs(z - 3) <= 1 and abs(y - 5) <= 2 and abs(x - 6) <= 3 and out[k].sum() == 1.0
+    # a sample's offset depends on its number only: another batch split, or a resumed run, draws the same
+    again = torch.cat([random_shifts(volumes[k:k + 1], [10 + k], seed=7, max_shift=(1, 2, 3)) for k in range(3)])
+    assert torch.equal(again, out)
+    offsets = {tuple(torch.nonzero(random_shifts(volumes[:1], [g], 7, (1, 2, 3))[0, 0])[0].tolist())
+               for g in range(40)}
+    assert len(offsets) > 10  # offsets vary between samples
+    # the border is replicated, not wrapped: a volume constant along x stays constant
+    ramp = torch.arange(6.0).view(1, 1, 6, 1, 1).expand(1, 1, 6, 10, 12).contiguous()
+    shifted = random_shifts(ramp, [3], seed=1, max_shift=(2, 0, 0))
+    assert torch.equal(shifted[0, 0, :, 0, 0].sort().values, shifted[0, 0, :, 0, 0]) and shifted.min() >= 0

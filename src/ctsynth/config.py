@@ -91,6 +91,9 @@ class DiffusionConfig:
     detail_every: int = 1  # detail UNets train on every n-th sample only (they cost more than the base)
     detail_cond_noise: float = 0.1  # Gaussian jitter of their (standardised) condition in training
     detail_objective: str = "regression"  # "regression": one pass, the bands' conditional mean; "flow": sampled
+    # Cascade training: each training volume shifted by up to (z, y, x) whole voxels, drawn per sample, against
+    # memorising few crops (ctsynth.data.random_shifts; docs/quality.md). (0, 0, 0): off.
+    augment_shift: tuple[int, int, int] = (0, 0, 0)
 
 
 @dataclass

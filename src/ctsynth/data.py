@@ -179,3 +179,34 @@ class CachePatchDataset(_CacheDataset):
 
 
 __all__ = ["Augment", "CacheVolumes", "CachePatchDataset"]
+
+
+SHIFT_STREAM = 100  # the shift's own stream of a training sample's draws (the cascade uses 0 and its levels)
+
+
+def random_shifts(volumes: torch.Tensor, sample_ids: list[int], seed: int,
+                  max_shift: tuple[int, int, int]) -> torch.Tensor:
+    """Each volume ``(b, c, z, y, x)`` moved by a whole-voxel offset drawn uniformly in ``[-m, m]`` per axis
+    (``max_shift`` = m per axis), the border replicated: the same chest cropped a few voxels off, as another
+    crop of the same patient would be.
+
+    For the wavelet cascade's training volumes (``diffusion.augment_shift``): with a few hundred crops its base
+    model sees each one hundreds of times and starts to reproduce them; a shifted crop is not the stored one.
+    Whole voxels only, so no resampling blur reaches the detail bands. The offset of sample ``g`` comes from
+    its own generator (:func:`ctsynth.models.diffusion.sample_generator`, stream ``SHIFT_STREAM``), so a resumed
+    run and any split into micro-batches or ranks draw the same offsets.
+    """
+    from .models.diffusion import sample_generator
+
+    if not any(max_shift):
+        return volumes
+    pad = [m for m in reversed(max_shift) for _ in range(2)]  # F.pad order: x, x, y, y, z, z
+    padded = torch.nn.functional.pad(volumes, pad, mode="replicate")
+    z, y, x = volumes.shape[2:]
+    out = torch.empty_like(volumes)
+    for k, g in enumerate(sample_ids):
+        gen = sample_generator(seed, g, stream=SHIFT_STREAM)
+        d = [int(torch.randint(-m, m + 1, (), generator=gen)) if m else 0 for m in max_shift]
+        a = [m - dk for m, dk in zip(max_shift, d)]  # content moves by +d: read from m - d in the padded volume
+        out[k] = padded[k, :, a[0]:a[0] + z, a[1]:a[1] + y, a[2]:a[2] + x]
+    return out

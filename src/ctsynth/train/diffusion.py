@@ -30,7 +30,7 @@ from ..models.autoencoder import downsampling_factor, encode_volume, pad_to_mult
 from ..models import build_diffusion_model
 from ..models.diffusion import (build_scheduler, pad_latents, standardise, training_draws, training_loss,
                                 ema_decay_at, update_ema)
-from ..data import CacheVolumes
+from ..data import CacheVolumes, random_shifts
 from ..runs import load_frozen_autoencoder
 from .common import label_indices, sample_ids, study_for_sample, write_json
 from .runner import Clip, Stage
@@ -87,7 +87,8 @@ def accumulate_gradients(fabric, unet, scheduler, latents: torch.Tensor, labels:
         idx = torch.tensor([study_for_sample(k, n, tcfg.seed) for k in ids])
         with fabric.no_backward_sync(unet, enabled=micro < tcfg.grad_accum - 1):
             if cfg.cascade:
-                loss = unet(latents[idx].to(fabric.device), labels[idx].to(fabric.device), ids, tcfg.seed, scheduler)
+                volumes = random_shifts(latents[idx], ids, tcfg.seed, cfg.augment_shift)
+                loss = unet(volumes.to(fabric.device), labels[idx].to(fabric.device), ids, tcfg.seed, scheduler)
             else:
                 z0 = pad_latents(latents[idx], cfg).to(fabric.device)
                 noise, t, drop = training_draws(ids, tcfg.seed, tuple(z0.shape[1:]), scheduler, cfg.label_dropout,
