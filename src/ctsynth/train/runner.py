@@ -9,6 +9,8 @@ for every stage:
   seconds), and ``log.jsonl`` is rewound to it (:class:`ctsynth.train.common.JsonlLog`);
 - **the NaN guard**: a step whose loss or gradient is not finite makes no update (all ranks agree); after
   ``train.nan_patience`` of them in a row the last checkpoint is restored and the learning rate halved;
+  after ``MAX_RESTORES`` restores with no step between them (the same draws fail whatever the rate, e.g. at
+  step 0 with no checkpoint) the stage ends in a one-line error instead of looping;
 - **logging**: ``log.jsonl`` every ``train.log_every`` steps and a progress bar (rank 0);
 - **stopping**: SIGTERM/SIGINT and :attr:`TrainHooks.stop_after` checkpoint and return "stopped"; the
   stage's time budget ends it as finished;
@@ -28,10 +30,13 @@ import torch
 from ..config import Config
 from ..io.atomic import remove_leftovers
 from ..runs import DONE_FILE, LOG_FILE
+from ..errors import CTSynthError
 from .common import JsonlLog, StopFlag, now, progress_bar, skip_reason
 from .state import load_stage, restore_after_non_finite, save_stage, set_lr, warn
 
 Clip = tuple[torch.nn.Module, Any, float]  # (module, its optimizer, max gradient norm; 0 = no clipping)
+
+MAX_RESTORES = 4  # NaN-guard restores in a row without a step between them before the stage gives up
 
 
 @dataclass
@@ -146,7 +151,7 @@ def run_stage(fabric, stage: Stage, stage_dir: Path, config: Config, hooks: Trai
     budget_s, every_s = stage.time_budget_min * 60.0, tcfg.checkpoint_every_min * 60.0
     next_timed = (math.floor(seconds_before / every_s) + 1) * every_s if every_s > 0 else math.inf
     bar = progress_bar(rank0, None if budget_s > 0 else stage.steps, step, stage.name)
-    bad_in_a_row, status, t0 = 0, "done", now()
+    bad_in_a_row, restores, status, t0 = 0, 0, "done", now()
     train_s = lambda: seconds_before + now() - t0  # noqa: E731  training time over every resume
     try:
         with StopFlag() as stop:
@@ -159,6 +164,13 @@ def run_stage(fabric, stage: Stage, stage_dir: Path, config: Config, hooks: Trai
                     bad_in_a_row += 1
                     log.write({"step": step, "skipped": skipped, **{k: str(v) for k, v in losses.items()}})
                     if bad_in_a_row >= tcfg.nan_patience:
+                        restores += 1
+                        if restores > MAX_RESTORES:  # the same steps fail whatever the learning rate: stop
+                            raise CTSynthError(
+                                f"{stage.name}: non-finite losses or gradients at step {step} again after "
+                                f"{MAX_RESTORES} restores, each with the learning rate halved", stage_dir,
+                                "train with train.precision '32' (bf16 overflows where fp32 does not), a lower "
+                                "learning rate, or check the cache's volumes (ctsynth inspect)")
                         restored, lr_scale = restore_after_non_finite(fabric, stage_dir, modules, optimizers,
                                                                       stage.base_lrs(), lr_scale, bad_in_a_row)
                         if restored is not None:
@@ -169,7 +181,7 @@ def run_stage(fabric, stage: Stage, stage_dir: Path, config: Config, hooks: Trai
                         bad_in_a_row = 0
                         bar.n = step
                     continue
-                bad_in_a_row = 0
+                bad_in_a_row = restores = 0
                 step += 1
                 stage.update(step)
                 zero_grad(optimizers)
