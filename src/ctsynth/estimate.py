@@ -184,7 +184,7 @@ def project(config: Config, measured: dict[str, StageMeasure], cases: int, devic
         steps = section(config, stage).steps
         per_step = m.s_per_step or 0.0
         schedule_s = steps * per_step
-        if stage != "autoencoder" and config.train.time_budget_min > 0:  # the stages that honour it
+        if stage != "autoencoder" and config.train.time_budget_min > 0:  # as Stage.honours_time_budget
             schedule_s = min(schedule_s, config.train.time_budget_min * 60.0)
         samples = m.batch * m.grad_accum * devices
         epoch_steps = math.ceil(cases / samples)

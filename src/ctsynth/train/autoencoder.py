@@ -34,6 +34,7 @@ class AutoencoderStage(Stage):
     """Stage 1 for :func:`ctsynth.train.runner.run_stage`: what is its own (see the module docstring)."""
 
     name = STAGE
+    honours_time_budget = False  # stage 2 trains on its latents: it runs its whole schedule
 
     def __init__(self, fabric, config: Config, prep_dir: Path, run_dir: Path, entries: dict[str, list]) -> None:
         self.fabric, self.config, self.prep_dir, self.entries = fabric, config, prep_dir, entries

@@ -109,7 +109,7 @@ class DiffusionStage(Stage):
     def __init__(self, fabric, config: Config, prep_dir: Path, run_dir: Path, entries: dict[str, list]) -> None:
         self.fabric, self.config, self.prep_dir, self.run_dir, self.entries = fabric, config, prep_dir, run_dir, entries
         self.cfg, self.tcfg = config.diffusion, config.train
-        self.steps, self.lr, self.time_budget_min = self.cfg.steps, self.cfg.lr, self.tcfg.time_budget_min
+        self.steps, self.lr = self.cfg.steps, self.cfg.lr
         self.null_label = len(config.data.labels)
 
     def load_data(self, fabric) -> None:

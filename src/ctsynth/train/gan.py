@@ -50,9 +50,7 @@ class GanStage(Stage):
     def __init__(self, fabric, config: Config, prep_dir: Path, run_dir: Path, entries: dict[str, list]) -> None:
         self.fabric, self.config, self.prep_dir, self.run_dir, self.entries = fabric, config, prep_dir, run_dir, entries
         self.cfg, self.tcfg = config.gan, config.train
-        # the wall-clock budget (``train.time_budget_min``, over resumes) as the other stages: so that a GAN and
-        # a diffusion model compared on one budget (benchmarks/bench_seed_systems.py) train for the same minutes
-        self.steps, self.lr, self.time_budget_min = self.cfg.steps, self.cfg.lr_g, self.tcfg.time_budget_min
+        self.steps, self.lr = self.cfg.steps, self.cfg.lr_g
         self.update_d = True
 
     def base_lrs(self) -> dict[str, float]:

@@ -73,7 +73,9 @@ class Stage:
     name: str = ""
     steps: int = 0             # optimizer steps of the whole stage
     lr: float = 0.0            # base learning rate (of every optimizer unless base_lrs says otherwise; logged)
-    time_budget_min: float = 0.0  # 0: none; else the stage ends, finished, at the first step past it
+    # train.time_budget_min ends the stage, finished, at the first step past it; a stage that must run its
+    # whole schedule (the KL autoencoder: stage 2 needs it finished) sets this False
+    honours_time_budget: bool = True
     modules: dict[str, torch.nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
 
@@ -148,7 +150,8 @@ def run_stage(fabric, stage: Stage, stage_dir: Path, config: Config, hooks: Trai
 
     log = JsonlLog(stage_dir / LOG_FILE, rank0)
     log.rewind(step, {"event": "resume", "checkpoint": Path(state["path"]).name if state else None})
-    budget_s, every_s = stage.time_budget_min * 60.0, tcfg.checkpoint_every_min * 60.0
+    budget_min = tcfg.time_budget_min if stage.honours_time_budget else 0.0
+    budget_s, every_s = budget_min * 60.0, tcfg.checkpoint_every_min * 60.0
     next_timed = (math.floor(seconds_before / every_s) + 1) * every_s if every_s > 0 else math.inf
     bar = progress_bar(rank0, None if budget_s > 0 else stage.steps, step, stage.name)
     bad_in_a_row, restores, status, t0 = 0, 0, "done", now()
@@ -202,7 +205,7 @@ def run_stage(fabric, stage: Stage, stage_dir: Path, config: Config, hooks: Trai
                     save_stage(fabric, stage_dir, step, modules, optimizers, config,
                                {"stage": stage.name, "lr_scale": lr_scale, "train_seconds": elapsed})
                 if out_of_time:
-                    warn(fabric, f"{stage.name}: the time budget of {stage.time_budget_min:g} min is spent "
+                    warn(fabric, f"{stage.name}: the time budget of {budget_min:g} min is spent "
                                  f"at step {step}")
                     break
                 if stopping and step < stage.steps:

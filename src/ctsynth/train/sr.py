@@ -50,7 +50,7 @@ class SrStage(Stage):
         self.factor = self.cfg.inplane_factor if axis == "inplane" else self.cfg.depth_factor
         self.scale = scale_of(axis, self.factor)
         # the budget is per network: each stage counts its own training time (over resumes)
-        self.steps, self.lr, self.time_budget_min = self.cfg.steps, self.cfg.lr, self.tcfg.time_budget_min
+        self.steps, self.lr = self.cfg.steps, self.cfg.lr
         self.net = None
 
     def trains(self) -> bool:
