@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from ctsynth.config import load_config
 from ctsynth.errors import CTSynthError
-from ctsynth.models.cascade import WaveletCascade, merge_level, pyramid
+from ctsynth.models.cascade import (WaveletCascade, gaussian_detail_loss, gaussian_detail_sample, merge_level,
+                                    pyramid)
 from ctsynth.models.diffusion import build_scheduler
 from ctsynth.models.wavelet import HaarTransform
 from ctsynth.train import LaunchOptions, TrainHooks, train
@@ -101,3 +102,38 @@ def test_cascade_needs_the_haar_stage(tmp_path):
     prep = make_tiny_cache(tmp_path / "prep", config)
     with pytest.raises(CTSynthError, match="autoencoder.kind: haar"):
         train(prep, config, tmp_path / "run", CPU)
+
+
+def test_gaussian_details_learn_the_residual_variance_and_sample_it():
+    """The ``gaussian`` objective: its variance term is minimal exactly where exp(logvar) is the squared
+    residual, it sends no gradient to the mean through that term, and sampling adds exp(logvar / 2) * eps."""
+    target = torch.zeros(1, 7, 2, 2, 2)
+    mean = torch.full((1, 7, 2, 2, 2), 3.0, requires_grad=True)  # residual 3: best variance 9
+    logvar = torch.full((1, 7, 2, 2, 2), float(np.log(9.0)), requires_grad=True)
+    loss = gaussian_detail_loss(torch.cat([mean, logvar], dim=1), target)
+    loss.sum().backward()
+    assert torch.allclose(logvar.grad, torch.zeros_like(logvar.grad), atol=1e-7)
+    # the mean's gradient is the squared error's alone: 2 * residual / n
+    torch.testing.assert_close(mean.grad, torch.full_like(mean.grad, 2 * 3.0 / mean.numel()))
+    loss_off = gaussian_detail_loss(torch.cat([mean, logvar + 1.0], dim=1), target)
+    assert float(loss_off.detach()) > float(loss.detach())
+
+    eps = torch.randn(1, 7, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    out = torch.cat([torch.ones(1, 7, 2, 2, 2), torch.full((1, 7, 2, 2, 2), float(np.log(4.0)))], dim=1)
+    torch.testing.assert_close(gaussian_detail_sample(out, eps), 1.0 + 2.0 * eps)
+    torch.testing.assert_close(gaussian_detail_sample(out, eps, scale=0.0), torch.ones(1, 7, 2, 2, 2))
+
+
+def test_a_tiny_gaussian_cascade_trains_and_samples_reproducibly(tmp_path):
+    from ctsynth.generate import Generator
+
+    config = cascade_config(detail_objective="gaussian")
+    prep = make_tiny_cache(tmp_path / "prep", config)
+    assert train(prep, config, tmp_path / "run", CPU) == "done"
+    weights = load_file(str(tmp_path / "run" / "diffusion" / "model.safetensors"))
+    out_weights = [k for k in weights if k.startswith("ema.details.0.out")]
+    assert any(weights[k].shape[0] == 14 for k in out_weights)  # mean and log-variance of 7 bands
+    gen = Generator.load(tmp_path / "run")
+    a, b = gen.sample(1, "normal", seed=3), gen.sample(1, "normal", seed=3)
+    np.testing.assert_array_equal(a[0].hu, b[0].hu)
+    assert np.isfinite(a[0].hu).all()

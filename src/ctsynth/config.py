@@ -90,7 +90,9 @@ class DiffusionConfig:
     detail_patch: tuple[int, int, int] = (0, 0, 0)  # their training patch on their level's grid (0: whole axis)
     detail_every: int = 1  # detail UNets train on every n-th sample only (they cost more than the base)
     detail_cond_noise: float = 0.1  # Gaussian jitter of their (standardised) condition in training
-    detail_objective: str = "regression"  # "regression": one pass, the bands' conditional mean; "flow": sampled
+    detail_objective: str = "regression"  # "regression": one pass, the bands' conditional mean; "gaussian": that
+    # mean plus noise of a predicted per-voxel variance (one pass); "flow": sampled by rectified flow
+    detail_noise: float = 1.0  # gaussian: scale of the added noise (0: the mean alone, as regression)
     # Cascade training: each training volume shifted by up to (z, y, x) whole voxels, drawn per sample, against
     # memorising few crops (ctsynth.data.random_shifts; docs/quality.md). (0, 0, 0): off.
     augment_shift: tuple[int, int, int] = (0, 0, 0)

@@ -10,7 +10,9 @@ level). Generation follows it down:
 2. per level, from coarse to fine, a *detail* UNet (``diffusion.detail_channels``, no attention) makes
    ``D_l`` given ``LL_l`` (concatenated as an input channel) and the label, and the level is merged. With
    ``detail_objective: regression`` (default) it predicts the bands' conditional mean in one pass (a learnt
-   super-resolution, one level at a time); with ``flow`` it samples them by rectified flow like the base.
+   super-resolution, one level at a time); with ``gaussian`` it also predicts each voxel's variance around
+   that mean and sampling adds that much Gaussian noise (one pass still: the texture the mean lacks); with
+   ``flow`` it samples them by rectified flow like the base.
 
 Why (docs/quality.md): diffusing all 64 channels of the 2-level Haar packet jointly on 2 CPU cores gave
 voxel noise and no class after 45 minutes; its errors in the detail bands show at full strength. Here each
@@ -46,7 +48,8 @@ from .diffusion import (build_unet, per_sample_mse, sample_latents, standardise,
 from .wavelet import HaarTransform
 
 DETAIL_BANDS = 7
-DETAIL_OBJECTIVES = ("regression", "flow")
+DETAIL_OBJECTIVES = ("regression", "gaussian", "flow")
+LOGVAR_RANGE = (-12.0, 4.0)  # the gaussian details' log-variance (standardised units), clamped for stability
 
 
 def split_level(x: torch.Tensor, haar: HaarTransform) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +74,23 @@ def pyramid(x: torch.Tensor, levels: int) -> tuple[torch.Tensor, list[torch.Tens
     return low, lows, details
 
 
+def gaussian_detail_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample loss of the ``gaussian`` objective, ``(b,)``: the mean's squared error plus the Gaussian
+    negative log-likelihood (up to a constant) of the log-variance given that mean's *detached* residual,
+    so the variance head learns the residual's size without pulling the mean away from the least-squares
+    one (which stays exactly what ``regression`` learns)."""
+    mean, logvar = out[:, :DETAIL_BANDS], out[:, DETAIL_BANDS:].clamp(*LOGVAR_RANGE)
+    residual2 = (target.float() - mean.float()).pow(2)
+    nll = logvar + residual2.detach() * torch.exp(-logvar)
+    return residual2.flatten(1).mean(1) + 0.5 * nll.flatten(1).mean(1)
+
+
+def gaussian_detail_sample(out: torch.Tensor, eps: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """The bands drawn from the ``gaussian`` objective's output: ``mean + scale * exp(logvar / 2) * eps``."""
+    mean, logvar = out[:, :DETAIL_BANDS], out[:, DETAIL_BANDS:].clamp(*LOGVAR_RANGE)
+    return mean + scale * torch.exp(0.5 * logvar) * eps
+
+
 class _Conditioned(torch.nn.Module):
     """A detail UNet with its condition fixed, called like an unconditional-input UNet by the sampler."""
 
@@ -83,10 +103,12 @@ class _Conditioned(torch.nn.Module):
 
 
 def build_detail_unet(cfg: DiffusionConfig, n_labels: int) -> DiffusionModelUNet:
+    """The detail UNet: bands + condition in; the bands (and, for ``gaussian``, their log-variance) out."""
     levels = tuple(False for _ in cfg.detail_channels)
     check_levels("diffusion (detail_channels)", cfg.detail_channels, levels, cfg.norm_num_groups)
+    out = 2 * DETAIL_BANDS if cfg.detail_objective == "gaussian" else DETAIL_BANDS
     return DiffusionModelUNet(
-        spatial_dims=3, in_channels=DETAIL_BANDS + 1, out_channels=DETAIL_BANDS, channels=cfg.detail_channels,
+        spatial_dims=3, in_channels=DETAIL_BANDS + 1, out_channels=out, channels=cfg.detail_channels,
         attention_levels=levels, num_res_blocks=cfg.num_res_blocks, norm_num_groups=cfg.norm_num_groups,
         num_class_embeds=n_labels + 1,
     )
@@ -186,13 +208,16 @@ class WaveletCascade(torch.nn.Module):
         target = pad_to_multiple(torch.stack(targets), m, 0.0)[0]
         if self.cfg.detail_objective == "regression":
             return per_sample_mse(self._regress(level, cond, labels), target)
+        if self.cfg.detail_objective == "gaussian":
+            return gaussian_detail_loss(self._regress(level, cond, labels), target)
         noise, t, drop = training_draws(ids, seed, tuple(target.shape[1:]), scheduler, 0.0, target.device,
                                         stream=level)
         return training_loss_per_sample(_Conditioned(self.details[level - 1], cond), scheduler, target, labels,
                                         self.null_label, noise, t, drop)
 
     def _regress(self, level: int, cond: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``detail_objective: regression``: the detail UNet's one pass at t = 0 with zeros for its noisy input."""
+        """The regression and gaussian objectives: the detail UNet's one pass at t = 0 with zeros for its noisy
+        input (the bands' mean, then for ``gaussian`` their log-variance, along the channels)."""
         x = torch.zeros(cond.shape[0], DETAIL_BANDS, *cond.shape[2:], device=cond.device, dtype=cond.dtype)
         t = torch.zeros(cond.shape[0], device=cond.device)
         return self.details[level - 1](torch.cat([x, cond], dim=1), timesteps=t, class_labels=labels).float()
@@ -216,15 +241,30 @@ class WaveletCascade(torch.nn.Module):
         low = sample_latents(self.base, scheduler, noise(1, padded(grid, self._base_multiple())), labels,
                              self.null_label, guidance, steps, tuple(grid))
         low = self._low(low, self.levels, inverse=True)
+        return crop_to(self.add_details(low, self.levels, scheduler, generators, labels, steps), image_shape)
+
+    @torch.no_grad()
+    def add_details(self, low: torch.Tensor, level: int, scheduler, generators: list[torch.Generator],
+                    labels: torch.Tensor, steps: int) -> torch.Tensor:
+        """From the band ``LL_level`` (unstandardised) down to the full grid: each level's details by its
+        model, merged. Sampling calls it with the base model's band; the benchmark's diagnosis calls it with
+        a real volume's band, to tell the base model's errors from the detail models'."""
+        device = labels.device
         m = self._detail_multiple()
-        for level in range(self.levels, 0, -1):
+        for level in range(level, 0, -1):
+            grid = list(low.shape[-3:])
+            padded = [-(-n // m) * m for n in grid]
             cond = pad_to_multiple(self._low(low, level), m, 0.0)[0]
             if self.cfg.detail_objective == "regression":
                 z = crop_to(self._regress(level, cond, labels), tuple(grid))
             else:
-                z = sample_latents(_Conditioned(self.details[level - 1], cond), scheduler,
-                                   noise(DETAIL_BANDS, padded(grid, m)), labels, self.null_label, 1.0, steps,
-                                   tuple(grid))
+                eps = torch.cat([torch.randn((1, DETAIL_BANDS, *padded), generator=g, device=g.device).to(device)
+                                 for g in generators])
+                if self.cfg.detail_objective == "gaussian":
+                    z = crop_to(gaussian_detail_sample(self._regress(level, cond, labels), eps, self.cfg.detail_noise),
+                                tuple(grid))
+                else:
+                    z = sample_latents(_Conditioned(self.details[level - 1], cond), scheduler, eps, labels,
+                                       self.null_label, 1.0, steps, tuple(grid))
             low = merge_level(low, self._detail(z, level, inverse=True), HaarTransform(1).to(device))
-            grid = [2 * n for n in grid]
-        return crop_to(low, image_shape)
+        return low
