@@ -101,9 +101,11 @@ def read_needed_elements(path: Path) -> tuple[Dataset, int, bytes] | None:
 
 
 def _parse(buf: bytes, size: int) -> tuple[Dataset, int, bytes] | None:
+    n = len(buf)
+    if n < 132:
+        _more(buf, 132, size)
     if buf[128:132] != b"DICM":
         return None
-    n = len(buf)
     # File meta: group 0002, always explicit VR little endian.
     pos, meta_values = 132, {}
     while True:
