@@ -43,7 +43,9 @@ NEEDED_KEYWORDS = (
     "RescaleSlope", "DirectoryRecordSequence", "PerFrameFunctionalGroupsSequence",
 )
 NEEDED_TAGS = [tag_for_keyword(k) for k in NEEDED_KEYWORDS]
-_NEEDED = frozenset(NEEDED_TAGS)
+# One BaseTag object per needed tag, shared with dicom_headers' lookups: a dict finds an identical key without
+# calling BaseTag.__eq__ (Python code), and the walker does not build a BaseTag per element.
+NEEDED_BASE_TAGS = {tag: BaseTag(tag) for tag in NEEDED_TAGS}
 # Multi-frame (NumberOfFrames, per-frame functional groups) or a DICOMDIR: the full parse handles those.
 _FULL_PARSE_TAGS = frozenset({0x00280008, 0x52009230, 0x00041220})
 _PIXEL_DATA = 0x7FE00010
@@ -188,19 +190,20 @@ def _top_level(buf: bytes, pos: int, implicit: bool, size: int) -> tuple[dict, i
         if tag == _PIXEL_DATA:
             return elements, pos
         if length == _UNDEFINED:
-            if tag in _NEEDED:
+            if tag in NEEDED_BASE_TAGS:
                 raise _Unexpected("a needed element of undefined length")
             pos = _skip_items(buf, value, implicit or vr == b"UN", size)
             continue
         end = value + length
-        if tag in _NEEDED:
+        base_tag = NEEDED_BASE_TAGS.get(tag)
+        if base_tag is not None:
             if tag in _FULL_PARSE_TAGS:
                 raise _Unexpected("multi-frame or DICOMDIR")
             if end > n:
                 _more(buf, end, size)
             text_vr = None if implicit else _VR_TEXT[vr]
-            elements[tag] = RawDataElement(
-                BaseTag(tag), text_vr, length, buf[value:end] if length else empty_value_for_VR(text_vr, raw=True),
+            elements[base_tag] = RawDataElement(
+                base_tag, text_vr, length, buf[value:end] if length else empty_value_for_VR(text_vr, raw=True),
                 value, implicit, True)
         elif end > size:
             raise _Unexpected("an element runs past the end of the file")
