@@ -27,7 +27,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from .library_messages import collect_messages
 
-from .dicom_tags import read_needed_elements
+from .dicom_tags import NEEDED_BASE_TAGS, read_needed_elements
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -141,8 +141,10 @@ def sniff_dicom(path: Path) -> str | None:
 @functools.lru_cache(maxsize=None)
 def _tag(keyword: str) -> BaseTag:
     """The tag of a keyword, looked up once: pydicom resolves a keyword on every access otherwise, which
-    costs more than the header parse itself for a few hundred files."""
-    return BaseTag(tag_for_keyword(keyword))
+    costs more than the header parse itself for a few hundred files. The header pass's own tag objects
+    where it has them (``NEEDED_BASE_TAGS``): a dict lookup with the identical key skips BaseTag.__eq__."""
+    tag = tag_for_keyword(keyword)
+    return NEEDED_BASE_TAGS.get(tag) or BaseTag(tag)
 
 
 def _ascii(ds: pydicom.Dataset, keyword: str, encoding: str = "ascii") -> str | None:
@@ -454,18 +456,20 @@ def _header_from_dataset(path: Path, ds: pydicom.Dataset, marker: bool, end_of_h
     if little_read is False and transfer_syntax in _NATIVE_LITTLE_ENDIAN:
         raise BrokenDicomError("the file meta says little endian but the data set was read as big endian")
     has_pixels = next_tag in (_PIXEL_DATA_TAG, _PIXEL_DATA_TAG_BIG)
+    # From the raw bytes like every text value here: pydicom's conversion of the UI (with its validation) cost
+    # a quarter of this function, and the header records this same value.
+    sop_class = _text(_ascii(ds, "SOPClassUID")) or media_class
     if not marker and not has_pixels and not ("SOPClassUID" in ds or "Modality" in ds or "Rows" in ds):
         raise NotDicomError(str(path))  # parsed "something" from a file that only looked like a raw dataset
     if not has_pixels and not next_tag:
         # pydicom stops quietly at the end of a file; an image file that ends before its pixels is truncated.
-        sop_class = str(ds.get("SOPClassUID", "") or media_class)
         if sop_class in _IMAGE_SOP_CLASSES or media_class in _IMAGE_SOP_CLASSES or "Rows" in ds or len(ds) == 0:
             raise BrokenDicomError(f"the file ends after {end_of_header} bytes, before its pixel data")
     native = transfer_syntax in _NATIVE_LITTLE_ENDIAN
     modality = _text(_ascii(ds, "Modality")).upper()
     number, vector = (_strict_number, _strict_vector) if modality in ("CT", "") else \
         (_lenient(_strict_number), _lenient(_strict_vector))
-    if has_pixels and str(ds.get("SOPClassUID", "") or media_class) == CT_IMAGE_STORAGE:
+    if has_pixels and sop_class == CT_IMAGE_STORAGE:
         for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
             if _ascii(ds, keyword) == "":  # present but empty: required (type 1) in every CT image
                 raise BrokenDicomError(f"{keyword} is empty (a CT image must have it)")
@@ -480,7 +484,7 @@ def _header_from_dataset(path: Path, ds: pydicom.Dataset, marker: bool, end_of_h
         frame_of_reference=_text(_ascii(ds, "FrameOfReferenceUID")),
         series_number=_finite_text(_text(_ascii(ds, "SeriesNumber"))),
         modality=modality,
-        sop_class=_text(_ascii(ds, "SOPClassUID")) or media_class,
+        sop_class=sop_class,
         image_type=image_type,
         position=vector(_ascii(ds, "ImagePositionPatient"), 3, "ImagePositionPatient"),
         orientation=vector(_ascii(ds, "ImageOrientationPatient"), 6, "ImageOrientationPatient"),
