@@ -160,6 +160,25 @@ def _parse(buf: bytes, size: int) -> tuple[Dataset, int, bytes] | None:
     return ds, end_of_header, buf[end_of_header:end_of_header + 4]
 
 
+def _element_head(buf: bytes, pos: int, implicit: bool, size: int) -> tuple[int, int, bytes | None, int, int]:
+    """``(group, element, VR (None in implicit VR), length, offset of the value)`` of the element at ``pos``
+    (its first 8 bytes are in ``buf``). An item or delimiter tag (group FFFE) has a 4-byte length and no VR
+    in either encoding; an unknown VR (an implicit VR item in an explicit VR file?) is unexpected."""
+    if implicit:
+        group, elem, length = _IMPLICIT_HEAD(buf, pos)
+        return group, elem, None, length, pos + 8
+    group, elem, vr, length = _EXPLICIT_HEAD(buf, pos)
+    if vr in _LONG_VRS:
+        if pos + 12 > len(buf):
+            _more(buf, pos + 12, size)
+        return group, elem, vr, _U32(buf, pos + 8)[0], pos + 12
+    if vr in _SHORT_VRS:
+        return group, elem, vr, length, pos + 8
+    if group == 0xFFFE:
+        return group, elem, None, _U32(buf, pos + 4)[0], pos + 8
+    raise _Unexpected("unknown VR")
+
+
 def _top_level(buf: bytes, pos: int, implicit: bool, size: int) -> tuple[dict, int]:
     """The needed top-level elements as pydicom RawDataElements, and where the pixel data element starts
     (or the file ends, when it has none)."""
@@ -171,20 +190,7 @@ def _top_level(buf: bytes, pos: int, implicit: bool, size: int) -> tuple[dict, i
             if pos == n == size:
                 return elements, pos  # the file ends cleanly before any pixel data: dicom_headers judges
             _more(buf, pos + 8, size)
-        if implicit:
-            group, elem, length = _IMPLICIT_HEAD(buf, pos)
-            vr = None
-            value = pos + 8
-        else:
-            group, elem, vr, length = _EXPLICIT_HEAD(buf, pos)
-            if vr in _LONG_VRS:
-                if pos + 12 > n:
-                    _more(buf, pos + 12, size)
-                length, value = _U32(buf, pos + 8)[0], pos + 12
-            elif vr in _SHORT_VRS:
-                value = pos + 8
-            else:
-                raise _Unexpected("unknown VR")
+        group, elem, vr, length, value = _element_head(buf, pos, implicit, size)
         tag = group << 16 | elem
         if tag <= last or group == 0xFFFE:
             raise _Unexpected("tags out of order or an item tag at the top level")
@@ -244,22 +250,7 @@ def _skip_item_dataset(buf: bytes, pos: int, implicit: bool, size: int) -> int:
     while True:
         if pos + 8 > n:
             _more(buf, pos + 8, size)
-        if implicit:
-            group, elem, length = _IMPLICIT_HEAD(buf, pos)
-            vr = None
-            value = pos + 8
-        else:
-            group, elem, vr, length = _EXPLICIT_HEAD(buf, pos)
-            if vr in _LONG_VRS:
-                if pos + 12 > n:
-                    _more(buf, pos + 12, size)
-                length, value = _U32(buf, pos + 8)[0], pos + 12
-            elif vr in _SHORT_VRS:
-                value = pos + 8
-            elif group == 0xFFFE:
-                value = pos + 8  # the item delimiter's length field is 4 bytes
-            else:
-                raise _Unexpected("unknown VR (an implicit VR item in an explicit VR file?)")
+        group, elem, vr, length, value = _element_head(buf, pos, implicit, size)
         if group == 0xFFFE:
             if elem == 0xE00D:
                 return pos + 8
