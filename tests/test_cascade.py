@@ -4,7 +4,9 @@ split, and a tiny run trains, resumes bit-exactly and generates the same volume 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from ctsynth.train import LaunchOptions, TrainHooks, train
 from train_fixtures import make_tiny_cache
 
 CPU = LaunchOptions(accelerator="cpu")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cascade_config(**diffusion):
@@ -124,7 +127,7 @@ def test_gaussian_details_learn_the_residual_variance_and_sample_it():
     torch.testing.assert_close(gaussian_detail_sample(out, eps, scale=0.0), torch.ones(1, 7, 2, 2, 2))
 
 
-def test_a_tiny_gaussian_cascade_trains_and_samples_reproducibly(tmp_path):
+def test_a_tiny_gaussian_cascade_trains_and_samples_reproducibly(tmp_path, capsys):
     from ctsynth.generate import Generator
 
     config = cascade_config(detail_objective="gaussian")
@@ -137,3 +140,32 @@ def test_a_tiny_gaussian_cascade_trains_and_samples_reproducibly(tmp_path):
     a, b = gen.sample(1, "normal", seed=3), gen.sample(1, "normal", seed=3)
     np.testing.assert_array_equal(a[0].hu, b[0].hu)
     assert np.isfinite(a[0].hu).all()
+
+    # benchmarks/diagnose_cascade.py runs on such a run (one row per level), so it cannot rot
+    spec = importlib.util.spec_from_file_location("diagnose_cascade", ROOT / "benchmarks" / "diagnose_cascade.py")
+    diagnose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnose)
+    assert diagnose.main([str(tmp_path / "run"), str(prep), "--volumes", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| true LL_")]
+    assert [r.split("|")[1].strip() for r in rows] == ["true LL_2", "true LL_1"]
+
+
+def test_add_details_with_silent_detail_models_gives_the_block_means():
+    """Known answer for the path generation and benchmarks/diagnose_cascade.py share: detail models whose
+    output is zero (and zero band means) add nothing, so refining the true LL_1 of a volume gives its 2x2x2
+    block means back, and LL_2 its 4x4x4 block means."""
+    cfg = cascade_config().diffusion
+    model = WaveletCascade(cfg, 2, 2)
+    for unet in model.details:
+        for p in unet.out.parameters():
+            torch.nn.init.zeros_(p)
+    x = torch.randn(1, 1, 8, 16, 24, generator=torch.Generator().manual_seed(2))
+    model.set_statistics(x)
+    model.detail_stats[0].zero_()
+    _, lows, _ = pyramid(x, 2)
+    scheduler = build_scheduler(cfg)
+    for level in (1, 2):
+        out = model.add_details(lows[level - 1], level, scheduler, [torch.Generator()], torch.tensor([0]), 1)
+        f = 2 ** level
+        block = torch.nn.functional.interpolate(torch.nn.functional.avg_pool3d(x, f), scale_factor=f, mode="nearest")
+        torch.testing.assert_close(out, block, rtol=1e-5, atol=1e-5)
