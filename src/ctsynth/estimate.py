@@ -179,12 +179,14 @@ def measure_apart(config: Config, prep: Path, workdir: Path, steps: int, warmup:
 
 def project(config: Config, measured: dict[str, StageMeasure], cases: int, devices: int = 1) -> dict[str, Any]:
     """Seconds for the config's schedule and for one epoch of ``cases`` samples, per stage and in total."""
+    from .train import honours_time_budget
+
     rows, total_s, epoch_total_s = [], 0.0, 0.0
     for stage, m in measured.items():
         steps = section(config, stage).steps
         per_step = m.s_per_step or 0.0
         schedule_s = steps * per_step
-        if stage != "autoencoder" and config.train.time_budget_min > 0:  # as Stage.honours_time_budget
+        if config.train.time_budget_min > 0 and honours_time_budget(stage):
             schedule_s = min(schedule_s, config.train.time_budget_min * 60.0)
         samples = m.batch * m.grad_accum * devices
         epoch_steps = math.ceil(cases / samples)

@@ -84,6 +84,18 @@ def prepare_run_dir(run_dir: Path, info: dict[str, Any]) -> None:
     write_json(path, info)
 
 
+def honours_time_budget(stage: str) -> bool:
+    """Whether ``train.time_budget_min`` ends the stage named ``stage`` (its Stage class says:
+    :attr:`Stage.honours_time_budget`); ``ctsynth estimate`` projects schedules with it."""
+    from .autoencoder import AutoencoderStage
+    from .diffusion import DiffusionStage
+    from .gan import GanStage
+    from .sr import SrStage
+
+    kinds = {kind.name: kind for kind in (AutoencoderStage, DiffusionStage, GanStage)}
+    return kinds.get(stage, SrStage).honours_time_budget
+
+
 def train(prep_dir: str | Path, config: Config, run_dir: str | Path, launch: LaunchOptions | None = None,
           hooks: TrainHooks | None = None) -> str:
     """Run the config's stages in order into ``run_dir``; returns "done" or "stopped" (a signal, or a hook).
