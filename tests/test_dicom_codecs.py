@@ -96,9 +96,9 @@ def test_decoding_in_worker_processes_gives_the_same_volume_and_errors(tmp_path:
     if syntax is not None:
         for f in files:
             edit(f, lambda ds: _encode(ds, syntax))
-    monkeypatch.setattr(dicom_reader, "decode_processes", lambda n: 1)
+    monkeypatch.setattr(dicom_reader, "decode_processes", lambda *_: 1)
     threads = read_dicom_series(tmp_path / "s")
-    monkeypatch.setattr(dicom_reader, "decode_processes", lambda n: 3)
+    monkeypatch.setattr(dicom_reader, "decode_processes", lambda *_: 3)
     forked = read_dicom_series(tmp_path / "s")
     assert forked.hu.dtype == threads.hu.dtype
     np.testing.assert_array_equal(forked.hu, threads.hu)
@@ -106,7 +106,7 @@ def test_decoding_in_worker_processes_gives_the_same_volume_and_errors(tmp_path:
     files[6].write_bytes(data[: len(data) - 150])
     errors = []
     for n in (1, 3):
-        monkeypatch.setattr(dicom_reader, "decode_processes", lambda _, n=n: n)
+        monkeypatch.setattr(dicom_reader, "decode_processes", lambda *_, n=n: n)
         with pytest.raises(Exception) as err:
             read_dicom_series(tmp_path / "s")
         errors.append((type(err.value), str(err.value)))
@@ -141,3 +141,22 @@ def test_rle_with_broken_segment_offsets_is_refused_by_name(tmp_path: Path) -> N
     with pytest.raises(CTSynthError) as err:
         read_dicom_series(tmp_path / "s")
     assert str(files[1]) in str(err.value)
+
+
+def test_worker_processes_only_where_threads_cannot_share_the_decode(monkeypatch):
+    """A direct read and ctsynth's C decoders (they release the GIL) run in threads even on idle cores (forked
+    workers made a 300-file uncompressed read twice as slow); a syntax pydicom decodes in Python may fork."""
+    from ctsynth.io import dicom_pixels
+    from ctsynth.io.dicom_codecs import JPEG_2000, decoder_name
+
+    monkeypatch.setattr(dicom_pixels, "idle_cores", lambda: 4)
+    assert dicom_pixels.decode_processes(300, "1.2.840.10008.1.2.1") == 1
+    assert dicom_pixels.decode_processes(300, "1.2.840.10008.1.2") == 1
+    if decoder_name(JPEG_2000[0]) != "pydicom":
+        assert dicom_pixels.decode_processes(300, JPEG_2000[0]) == 1
+    big_endian = "1.2.840.10008.1.2.2"  # no C decoder here: pydicom's own
+    assert decoder_name(big_endian) == "pydicom"
+    assert dicom_pixels.decode_processes(300, big_endian) == 4
+    assert dicom_pixels.decode_processes(8, big_endian) == 1  # too few files to pay for the fork
+    monkeypatch.setattr(dicom_pixels, "idle_cores", lambda: 1)
+    assert dicom_pixels.decode_processes(300, big_endian) == 1

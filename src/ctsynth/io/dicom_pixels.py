@@ -231,9 +231,16 @@ def idle_cores() -> int:
 PROCESS_MIN_FILES = 32  # below this, forking workers costs more than the decode they would share
 
 
-def decode_processes(n_files: int) -> int:
-    """Worker processes for a decode: 1 (threads only) unless at least two cores are idle and the series is
-    big enough; never more than 8 or than the idle cores."""
+def decode_processes(n_files: int, transfer_syntax: str) -> int:
+    """Worker processes for a decode: only where threads cannot share it, i.e. a syntax that pydicom's own
+    (Python, GIL-bound) decoders handle, with at least two idle cores and a big enough series; never more
+    than 8 or than the idle cores. A direct read (uncompressed) or one of ctsynth's C decoders (they release
+    the GIL) runs in threads: a 300-file series read 0.09 s in threads and 0.16-0.19 s with two forked
+    workers on the idle 2-core machine (benchmarks/RESULTS.md)."""
+    from .dicom_codecs import decoder_name
+
+    if decoder_name(transfer_syntax) != "pydicom":
+        return 1
     if n_files < PROCESS_MIN_FILES or "fork" not in multiprocessing.get_all_start_methods():
         return 1
     idle = idle_cores()

@@ -137,7 +137,7 @@ def _decode_hu(headers: list[SliceHeader], dtype: np.dtype | None = None) -> np.
     for i, h in enumerate(headers):
         by_file.setdefault(h.path, []).append(i)
     units = list(by_file.values())
-    processes = decode_processes(len(units))
+    processes = decode_processes(len(units), headers[0].transfer_syntax)
     shape, out_dtype = (len(headers), rows, cols), np.dtype(np.int16 if checked else dtype)
     out = shared_empty(shape, out_dtype) if processes > 1 else np.empty(shape, dtype=out_dtype)
 
