@@ -169,3 +169,46 @@ def test_add_details_with_silent_detail_models_gives_the_block_means():
         f = 2 ** level
         block = torch.nn.functional.interpolate(torch.nn.functional.avg_pool3d(x, f), scale_factor=f, mode="nearest")
         torch.testing.assert_close(out, block, rtol=1e-5, atol=1e-5)
+
+
+def test_samples_past_base_max_epochs_do_not_train_the_base_model():
+    """``diffusion.base_max_epochs``: samples numbered from ``base_sample_limit`` on give the base model no
+    gradient (the detail models still learn from them), and the step's gradient still does not depend on how
+    it is split into micro-batches."""
+    cfg = cascade_config(detail_every=1).diffusion
+    scheduler = build_scheduler(cfg)
+    images = torch.randn(2, 1, 8, 16, 24, generator=torch.Generator().manual_seed(3))
+    labels = torch.tensor([0, 1])
+    torch.manual_seed(4)
+    model = WaveletCascade(cfg, 2, 2)
+    model.set_statistics(images)
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.base_sample_limit = 7  # sample 6 trains the base, sample 7 does not
+    past = grads(model(images[1:], labels[1:], [7], 0, scheduler))
+    assert all(float(g.abs().max()) == 0 for n, g in past.items() if n.startswith("base."))
+    assert any(float(g.abs().max()) > 0 for n, g in past.items() if n.startswith("details."))
+    one = grads(model(images, labels, [6, 7], 0, scheduler))
+    assert any(float(g.abs().max()) > 0 for n, g in one.items() if n.startswith("base."))
+    two = grads(model(images[:1], labels[:1], [6], 0, scheduler) / 2 + model(images[1:], labels[1:], [7], 0, scheduler) / 2)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-7, msg=name)
+    # the base part of the bounded step is exactly sample 6's base gradient, halved (per-sample loss / batch)
+    model.base_sample_limit = None
+    unbounded_six = grads(model(images[:1], labels[:1], [6], 0, scheduler) / 2)
+    for name in one:
+        if name.startswith("base."):
+            torch.testing.assert_close(one[name], unbounded_six[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_base_max_epochs_trains_and_refuses_weight_decay(tmp_path):
+    config = cascade_config(base_max_epochs=1.0)
+    prep = make_tiny_cache(tmp_path / "prep", config)
+    assert train(prep, config, tmp_path / "run", CPU) == "done"
+    decayed = dataclasses.replace(config, train=dataclasses.replace(config.train, weight_decay=0.01))
+    with pytest.raises(CTSynthError, match="base_max_epochs needs train.weight_decay: 0"):
+        train(prep, decayed, tmp_path / "run2", CPU)

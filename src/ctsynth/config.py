@@ -96,6 +96,9 @@ class DiffusionConfig:
     # Cascade training: each training volume shifted by up to (z, y, x) whole voxels, drawn per sample, against
     # memorising few crops (ctsynth.data.random_shifts; docs/quality.md). (0, 0, 0): off.
     augment_shift: tuple[int, int, int] = (0, 0, 0)
+    # Cascade: the base model trains on the first this-many passes over the training set only, then the detail
+    # models train alone (its step is cheaper); against memorising few crops (docs/quality.md). 0: no bound.
+    base_max_epochs: float = 0.0
 
 
 @dataclass

@@ -130,6 +130,9 @@ class WaveletCascade(torch.nn.Module):
             raise CTSynthError(f"diffusion.cascade needs autoencoder.haar_levels between 1 and 3, got {levels}",
                                fix="use 2 or 3 (the base grid is 1/4 or 1/8 of the volume per axis)")
         self.cfg, self.levels, self.null_label = cfg, levels, n_labels
+        # Samples numbered from this on do not train the base model (diffusion.base_max_epochs x the training
+        # set, set by the training stage; None: no bound). Not saved: the stage sets it again on resume.
+        self.base_sample_limit: int | None = None
         self.base = build_unet(cfg, 1, n_labels)
         self.details = torch.nn.ModuleList(build_detail_unet(cfg, n_labels) for _ in range(levels))
         # (shift, scale) of LL_1 .. LL_L (one channel each) and of D_1 .. D_L (seven channels each)
@@ -171,14 +174,22 @@ class WaveletCascade(torch.nn.Module):
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, ids: list[int], seed: int,
                 scheduler) -> torch.Tensor:
-        """The micro-batch's loss: the base model's on ``LL_L`` plus every detail model's on a patch of its
-        level (samples ``g`` with ``g % detail_every == 0``), each a per-sample MSE summed / batch size."""
+        """The micro-batch's loss: the base model's on ``LL_L`` (samples ``g`` below ``base_sample_limit``)
+        plus every detail model's on a patch of its level (samples ``g`` with ``g % detail_every == 0``), each a
+        per-sample MSE summed / batch size."""
         b = images.shape[0]
         low, lows, details = pyramid(images, self.levels)
         z0 = pad_to_multiple(self._low(low, self.levels), self._base_multiple(), 0.0)[0]
-        noise, t, drop = training_draws(ids, seed, tuple(z0.shape[1:]), scheduler, self.cfg.label_dropout,
-                                        images.device)
-        loss = training_loss_per_sample(self.base, scheduler, z0, labels, self.null_label, noise, t, drop).sum()
+        limit = self.base_sample_limit
+        based = [k for k, g in enumerate(ids) if limit is None or g < limit]
+        if based:
+            sel = torch.tensor(based, device=images.device)
+            noise, t, drop = training_draws([ids[k] for k in based], seed, tuple(z0.shape[1:]), scheduler,
+                                            self.cfg.label_dropout, images.device)
+            loss = training_loss_per_sample(self.base, scheduler, z0[sel], labels[sel], self.null_label, noise, t,
+                                            drop).sum()
+        else:  # past base_max_epochs: the base model is done; it stays in the graph with a zero gradient
+            loss = 0.0 * sum(p.sum() for p in self.base.parameters())
         chosen = [k for k, g in enumerate(ids) if g % max(1, self.cfg.detail_every) == 0]
         if chosen:
             sel = torch.tensor(chosen, device=images.device)

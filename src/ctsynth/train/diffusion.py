@@ -126,6 +126,11 @@ class DiffusionStage(Stage):
         unet = build_diffusion_model(self.config)  # after seeding: its initial weights come from the seed
         if self.cfg.cascade:
             unet.set_statistics(self.latents)
+            if self.cfg.base_max_epochs > 0:
+                if self.tcfg.weight_decay > 0:  # AdamW would keep shrinking the base model's weights past its bound
+                    raise CTSynthError("diffusion.base_max_epochs needs train.weight_decay: 0",
+                                       fix="set one of them to 0 in the config")
+                unet.base_sample_limit = int(round(self.cfg.base_max_epochs * len(self.latents)))
         ema = copy.deepcopy(unet).requires_grad_(False)
         opt = torch.optim.AdamW(unet.parameters(), lr=self.cfg.lr, weight_decay=self.tcfg.weight_decay)
         self.unet, self.opt = fabric.setup(unet, opt)
