@@ -127,9 +127,6 @@ class DiffusionStage(Stage):
         if self.cfg.cascade:
             unet.set_statistics(self.latents)
             if self.cfg.base_max_epochs > 0:
-                if self.tcfg.weight_decay > 0:  # AdamW would keep shrinking the base model's weights past its bound
-                    raise CTSynthError("diffusion.base_max_epochs needs train.weight_decay: 0",
-                                       fix="set one of them to 0 in the config")
                 unet.base_sample_limit = int(round(self.cfg.base_max_epochs * len(self.latents)))
         ema = copy.deepcopy(unet).requires_grad_(False)
         opt = torch.optim.AdamW(unet.parameters(), lr=self.cfg.lr, weight_decay=self.tcfg.weight_decay)
@@ -144,8 +141,25 @@ class DiffusionStage(Stage):
         return {"loss": loss}, [(self.unet, self.opt, self.tcfg.max_grad_norm)]
 
     def update(self, step: int) -> None:
+        decay = ema_decay_at(self.cfg.ema_decay, step)
+        model = self.unet.module
+        if self.cfg.cascade and self._base_done(step):
+            # Past diffusion.base_max_epochs the base model and its EMA stay exactly as they were: AdamW skips a
+            # parameter without a gradient (no momentum, no weight decay), and only the details' EMA moves.
+            for p in model.base.parameters():
+                p.grad = None
+            self.opt.step()
+            update_ema(self.ema.details, model.details, decay)
+            return
         self.opt.step()
-        update_ema(self.ema, self.unet.module, ema_decay_at(self.cfg.ema_decay, step))
+        update_ema(self.ema, model, decay)
+
+    def _base_done(self, steps_done: int) -> bool:
+        """Whether every sample of the step just done (number ``steps_done - 1``: the runner calls
+        :meth:`update` with the count of steps done) is past the base model's bound (``base_sample_limit``)."""
+        limit = self.unet.module.base_sample_limit
+        first = (steps_done - 1) * self.tcfg.grad_accum * self.fabric.world_size * self.cfg.batch_size
+        return limit is not None and first >= limit
 
     def finish(self, step: int, train_seconds: float) -> None:
         stage_dir = self.run_dir / STAGE
