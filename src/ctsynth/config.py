@@ -97,7 +97,7 @@ class DiffusionConfig:
     # memorising few crops (ctsynth.data.random_shifts; docs/quality.md). (0, 0, 0): off.
     augment_shift: tuple[int, int, int] = (0, 0, 0)
     # Cascade: the base model trains on the first this-many passes over the training set only, then the detail
-    # models train alone (its step is cheaper); against memorising few crops (docs/quality.md). 0: no bound.
+    # models train alone; its weights and EMA stay as they were (docs/training.md, quality.md). 0: no bound.
     base_max_epochs: float = 0.0
 
 
