@@ -16,6 +16,7 @@ Frechet distance above it is the base model's share. Numbers are for ranking met
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -55,11 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--volumes", type=int, default=8, help="real training volumes to rebuild (default 8)")
     parser.add_argument("--steps", type=int, default=10, help="sampling steps of flow detail models")
     parser.add_argument("--top", type=int, default=6, help="features listed per row")
+    parser.add_argument("--detail-noise", type=float, default=None,
+                        help="gaussian detail models: scale of the sampled noise (default: the run's config)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     gen = Generator.load(args.run)
     if not gen.config.diffusion.cascade:
         raise CTSynthError("this run is not a wavelet cascade", args.run, "give a run trained with diffusion.cascade")
+    if args.detail_noise is not None:
+        gen.unet.cfg = dataclasses.replace(gen.unet.cfg, detail_noise=args.detail_noise)
     items, _, _ = plan_real(args.cache, seed=0, held_out_fraction=0.2)
     train = [i for i in items if i.group == "train"]
     real = [summarise_volume(i.load(), study_id=i.id, group="train") for i in train]
