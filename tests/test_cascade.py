@@ -52,14 +52,12 @@ def test_pyramid_merges_back_exactly(levels):
     torch.testing.assert_close(y, x)
 
 
-def test_cascade_loss_is_the_same_for_batch_2_and_two_micro_batches_of_1():
-    """Per-sample draws and a per-sample loss summed / batch: one step's gradient is the same whether its two
-    samples come in one micro-batch or two (detail models on every other sample)."""
-    cfg = cascade_config(detail_every=2, label_dropout=0.5).diffusion
-    scheduler = build_scheduler(cfg)
-    images = torch.randn(2, 1, 8, 16, 24, generator=torch.Generator().manual_seed(0))
-    labels = torch.tensor([0, 1])
-    torch.manual_seed(1)
+def two_sample_setup(config, seed: int):
+    """A 2-level cascade, two random volumes labelled 0 and 1, its scheduler, and ``grads(loss)``: the
+    parameters' gradients of ``loss`` (zeroed first)."""
+    cfg = config.diffusion
+    images = torch.randn(2, 1, 8, 16, 24, generator=torch.Generator().manual_seed(seed))
+    torch.manual_seed(seed + 1)
     model = WaveletCascade(cfg, 2, 2)
     model.set_statistics(images)
 
@@ -68,6 +66,13 @@ def test_cascade_loss_is_the_same_for_batch_2_and_two_micro_batches_of_1():
         loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
+    return model, images, torch.tensor([0, 1]), build_scheduler(cfg), grads
+
+
+def test_cascade_loss_is_the_same_for_batch_2_and_two_micro_batches_of_1():
+    """Per-sample draws and a per-sample loss summed / batch: one step's gradient is the same whether its two
+    samples come in one micro-batch or two (detail models on every other sample)."""
+    model, images, labels, scheduler, grads = two_sample_setup(cascade_config(detail_every=2, label_dropout=0.5), 0)
     one = grads(model(images, labels, [6, 7], 0, scheduler))
     two = grads(model(images[:1], labels[:1], [6], 0, scheduler) / 2 + model(images[1:], labels[1:], [7], 0, scheduler) / 2)
     assert one.keys() == two.keys() and any(n.startswith("details.1") for n in one)
@@ -175,19 +180,7 @@ def test_samples_past_base_max_epochs_do_not_train_the_base_model():
     """``diffusion.base_max_epochs``: samples numbered from ``base_sample_limit`` on give the base model no
     gradient (the detail models still learn from them), and the step's gradient still does not depend on how
     it is split into micro-batches."""
-    cfg = cascade_config(detail_every=1).diffusion
-    scheduler = build_scheduler(cfg)
-    images = torch.randn(2, 1, 8, 16, 24, generator=torch.Generator().manual_seed(3))
-    labels = torch.tensor([0, 1])
-    torch.manual_seed(4)
-    model = WaveletCascade(cfg, 2, 2)
-    model.set_statistics(images)
-
-    def grads(loss):
-        model.zero_grad()
-        loss.backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
+    model, images, labels, scheduler, grads = two_sample_setup(cascade_config(detail_every=1), 3)
     model.base_sample_limit = 7  # sample 6 trains the base, sample 7 does not
     past = grads(model(images[1:], labels[1:], [7], 0, scheduler))
     assert all(float(g.abs().max()) == 0 for n, g in past.items() if n.startswith("base."))
