@@ -214,3 +214,15 @@ def test_past_base_max_epochs_the_base_model_and_its_ema_stay_exactly_as_they_we
     assert base and all(torch.equal(bounded[k], two[k]) for k in base)
     details = [k for k in bounded if "details" in k]
     assert any(not torch.equal(bounded[k], two[k]) for k in details)
+
+
+def test_base_images_feed_the_base_model_only():
+    """``diffusion.augment_zoom``: the base model's loss comes from ``base_images``, the detail models' from
+    ``images``, so a different base input changes only the base model's gradient."""
+    model, images, labels, scheduler, grads = two_sample_setup(cascade_config(detail_every=1), 5)
+    plain = grads(model(images, labels, [2, 3], 0, scheduler))
+    other = grads(model(images, labels, [2, 3], 0, scheduler, base_images=images.flip(-1)))
+    assert any(not torch.equal(plain[n], other[n]) for n in plain if n.startswith("base."))
+    assert all(torch.equal(plain[n], other[n]) for n in plain if n.startswith("details."))
+    same = grads(model(images, labels, [2, 3], 0, scheduler, base_images=images))
+    assert all(torch.equal(plain[n], same[n]) for n in plain)

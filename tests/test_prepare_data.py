@@ -82,6 +82,26 @@ def test_empty_split_is_a_clear_error(prep):
         CacheVolumes(prep, split="validation")
 
 
+def test_random_zooms_scale_each_volume_about_its_centre_by_a_factor_drawn_per_sample():
+    """Known answer: a linear ramp along x (value = normalised x position) zoomed by f reads x / f, so its
+    interior slope is 1 / f with f in [1 - a, 1 + a]; the factor belongs to the sample (same in any batch)."""
+    from ctsynth.data import random_zooms
+
+    x = (torch.arange(32, dtype=torch.float32) + 0.5) / 16 - 1  # voxel centres, align_corners=False
+    volumes = x.expand(3, 1, 8, 12, 32).clone()
+    assert random_zooms(volumes, [0, 1, 2], seed=7, amount=0.0) is volumes
+    out = random_zooms(volumes, [0, 1, 2], seed=7, amount=0.1)
+    slopes = []
+    for k in range(3):
+        row = out[k, 0, 4, 6, 8:24]  # interior: no border clamping for factors >= 0.9
+        slope = float((row[-1] - row[0]) / (x[23] - x[8]))
+        torch.testing.assert_close(row, x[8:24] * slope, rtol=0, atol=1e-5)
+        slopes.append(slope)
+    factors = [1 / s for s in slopes]
+    assert all(0.9 - 1e-6 <= f <= 1.1 + 1e-6 for f in factors) and len({round(f, 6) for f in factors}) == 3
+    torch.testing.assert_close(random_zooms(volumes[1:2], [1], seed=7, amount=0.1), out[1:2])
+
+
 def test_random_shifts_move_each_volume_by_whole_voxels_drawn_per_sample():
     from ctsynth.data import random_shifts
 

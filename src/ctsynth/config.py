@@ -96,6 +96,9 @@ class DiffusionConfig:
     # Cascade training: each training volume shifted by up to (z, y, x) whole voxels, drawn per sample, against
     # memorising few crops (ctsynth.data.random_shifts; docs/quality.md). (0, 0, 0): off.
     augment_shift: tuple[int, int, int] = (0, 0, 0)
+    # Cascade: the base model's training volumes scaled about their centre by a factor in [1 - a, 1 + a], drawn
+    # per sample (ctsynth.data.random_zooms); the detail models see them unzoomed. 0: off.
+    augment_zoom: float = 0.0
     # Cascade: the base model trains on the first this-many passes over the training set only, then the detail
     # models train alone; its weights and EMA stay as they were (docs/training.md, quality.md). 0: no bound.
     base_max_epochs: float = 0.0

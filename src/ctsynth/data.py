@@ -182,6 +182,7 @@ __all__ = ["Augment", "CacheVolumes", "CachePatchDataset"]
 
 
 SHIFT_STREAM = 100  # the shift's own stream of a training sample's draws (the cascade uses 0 and its levels)
+ZOOM_STREAM = 101  # the zoom's own stream
 
 
 def random_shifts(volumes: torch.Tensor, sample_ids: list[int], seed: int,
@@ -210,3 +211,29 @@ def random_shifts(volumes: torch.Tensor, sample_ids: list[int], seed: int,
         a = [m - dk for m, dk in zip(max_shift, d)]  # content moves by +d: read from m - d in the padded volume
         out[k] = padded[k, :, a[0]:a[0] + z, a[1]:a[1] + y, a[2]:a[2] + x]
     return out
+
+
+def random_zooms(volumes: torch.Tensor, sample_ids: list[int], seed: int, amount: float) -> torch.Tensor:
+    """Each volume ``(b, c, z, y, x)`` scaled about its centre by a factor drawn uniformly in ``[1 - amount,
+    1 + amount]`` (one factor for all three axes; trilinear, border replicated): the same chest a few percent
+    larger or smaller, as another patient's would be.
+
+    For the wavelet cascade's base model only (``diffusion.augment_zoom``): a shift of a few voxels moves its
+    8x coarser band by under half of one of its voxels, which did not stop it reproducing its training bands
+    (docs/quality.md); a zoom moves the whole layout. The detail models keep the unzoomed volume: the
+    interpolation would blur the texture they learn. Sample ``g``'s factor comes from its own generator
+    (stream ``ZOOM_STREAM``), as :func:`random_shifts`' offsets do.
+    """
+    from .models.diffusion import sample_generator
+
+    if amount <= 0:
+        return volumes
+    factors = []
+    for g in sample_ids:
+        u = float(torch.rand((), generator=sample_generator(seed, g, stream=ZOOM_STREAM)))
+        factors.append(1.0 + amount * (2.0 * u - 1.0))
+    theta = torch.zeros(len(sample_ids), 3, 4, dtype=volumes.dtype, device=volumes.device)
+    for k, f in enumerate(factors):  # output voxel at normalised position p reads the input at p / f
+        theta[k, 0, 0] = theta[k, 1, 1] = theta[k, 2, 2] = 1.0 / f
+    grid = torch.nn.functional.affine_grid(theta, list(volumes.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(volumes, grid, mode="bilinear", padding_mode="border", align_corners=False)

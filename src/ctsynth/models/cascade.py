@@ -173,12 +173,15 @@ class WaveletCascade(torch.nn.Module):
         return tuple(n if p <= 0 else min(p, n) for n, p in zip(grid, self.cfg.detail_patch))
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, ids: list[int], seed: int,
-                scheduler) -> torch.Tensor:
+                scheduler, base_images: torch.Tensor | None = None) -> torch.Tensor:
         """The micro-batch's loss: the base model's on ``LL_L`` (samples ``g`` below ``base_sample_limit``)
         plus every detail model's on a patch of its level (samples ``g`` with ``g % detail_every == 0``), each a
-        per-sample MSE summed / batch size."""
+        per-sample MSE summed / batch size. ``base_images`` (``diffusion.augment_zoom``): the base model's band
+        comes from these instead (the same samples, augmented for it alone)."""
         b = images.shape[0]
         low, lows, details = pyramid(images, self.levels)
+        if base_images is not None:
+            low = pyramid(base_images, self.levels)[0]
         z0 = pad_to_multiple(self._low(low, self.levels), self._base_multiple(), 0.0)[0]
         limit = self.base_sample_limit
         based = [k for k, g in enumerate(ids) if limit is None or g < limit]
