@@ -91,6 +91,17 @@ def gaussian_detail_sample(out: torch.Tensor, eps: torch.Tensor, scale: float = 
     return mean + scale * torch.exp(0.5 * logvar) * eps
 
 
+def per_sample_noise(generators: list[torch.Generator], channels: int, shape: list[int],
+                     device: torch.device) -> torch.Tensor:
+    """``(b, channels, *shape)`` standard normal noise, sample ``i``'s from ``generators[i]``: a sample's draws
+    do not depend on its batch (the base band first, then each detail level, in that order)."""
+    return torch.cat([torch.randn((1, channels, *shape), generator=g, device=g.device).to(device) for g in generators])
+
+
+def _padded(shape: list[int], m: int) -> list[int]:
+    return [-(-n // m) * m for n in shape]
+
+
 class _Conditioned(torch.nn.Module):
     """A detail UNet with its condition fixed, called like an unconditional-input UNet by the sampler."""
 
@@ -242,18 +253,9 @@ class WaveletCascade(torch.nn.Module):
         """Volumes ``(b, 1, *image_shape)`` in the [-1, 1] window: ``LL_L`` by the base model (guided), then
         every level's details given the band below (conditional pass only). Sample ``i`` draws all its
         noise from ``generators[i]``, in a fixed order, so it does not depend on its batch."""
-        device = labels.device
         grid = [-(-n // self.multiple) for n in image_shape]
-
-        def noise(channels: int, shape: list[int]) -> torch.Tensor:
-            return torch.cat([torch.randn((1, channels, *shape), generator=g, device=g.device).to(device)
-                              for g in generators])
-
-        def padded(shape: list[int], m: int) -> list[int]:
-            return [-(-n // m) * m for n in shape]
-
-        low = sample_latents(self.base, scheduler, noise(1, padded(grid, self._base_multiple())), labels,
-                             self.null_label, guidance, steps, tuple(grid))
+        start = per_sample_noise(generators, 1, _padded(grid, self._base_multiple()), labels.device)
+        low = sample_latents(self.base, scheduler, start, labels, self.null_label, guidance, steps, tuple(grid))
         low = self._low(low, self.levels, inverse=True)
         return crop_to(self.add_details(low, self.levels, scheduler, generators, labels, steps), image_shape)
 
@@ -267,13 +269,11 @@ class WaveletCascade(torch.nn.Module):
         m = self._detail_multiple()
         for level in range(level, 0, -1):
             grid = list(low.shape[-3:])
-            padded = [-(-n // m) * m for n in grid]
             cond = pad_to_multiple(self._low(low, level), m, 0.0)[0]
             if self.cfg.detail_objective == "regression":
                 z = crop_to(self._regress(level, cond, labels), tuple(grid))
             else:
-                eps = torch.cat([torch.randn((1, DETAIL_BANDS, *padded), generator=g, device=g.device).to(device)
-                                 for g in generators])
+                eps = per_sample_noise(generators, DETAIL_BANDS, _padded(grid, m), device)
                 if self.cfg.detail_objective == "gaussian":
                     z = crop_to(gaussian_detail_sample(self._regress(level, cond, labels), eps, self.cfg.detail_noise),
                                 tuple(grid))

@@ -160,7 +160,7 @@ class DiffusionStage(Stage):
         """Whether every sample of the step just done (number ``steps_done - 1``: the runner calls
         :meth:`update` with the count of steps done) is past the base model's bound (``base_sample_limit``)."""
         limit = self.unet.module.base_sample_limit
-        first = (steps_done - 1) * self.tcfg.grad_accum * self.fabric.world_size * self.cfg.batch_size
+        first = sample_ids(steps_done - 1, 0, self.tcfg.grad_accum, 0, self.fabric.world_size, self.cfg.batch_size)[0]
         return limit is not None and first >= limit
 
     def finish(self, step: int, train_seconds: float) -> None:
