@@ -122,3 +122,22 @@ def test_random_shifts_move_each_volume_by_whole_voxels_drawn_per_sample():
     ramp = torch.arange(6.0).view(1, 1, 6, 1, 1).expand(1, 1, 6, 10, 12).contiguous()
     shifted = random_shifts(ramp, [3], seed=1, max_shift=(2, 0, 0))
     assert torch.equal(shifted[0, 0, :, 0, 0].sort().values, shifted[0, 0, :, 0, 0]) and shifted.min() >= 0
+
+
+def test_random_flips_mirror_each_volume_along_the_enabled_axes_drawn_per_sample():
+    from ctsynth.data import random_flips
+
+    volumes = torch.zeros(2, 1, 4, 6, 8)
+    volumes[:, 0, 1, 2, 3] = 1.0  # one bright voxel: where it lands says which axes were mirrored
+    assert random_flips(volumes, [0, 1], seed=7, axes=(False, False, False)) is volumes
+    seen = set()
+    for g in range(40):
+        out = random_flips(volumes[:1], [g], seed=7, axes=(False, True, True))
+        (z, y, x), = torch.nonzero(out[0, 0]).tolist()
+        assert z == 1 and y in (2, 6 - 1 - 2) and x in (3, 8 - 1 - 3) and out.sum() == 1.0
+        seen.add((y, x))
+    assert seen == {(2, 3), (3, 3), (2, 4), (3, 4)}  # each enabled axis mirrored in some samples, not in others
+    # a sample's flips depend on its number only (another batch split or a resumed run draws the same)
+    both = random_flips(volumes, [5, 6], seed=7, axes=(True, True, True))
+    for k, g in enumerate((5, 6)):
+        assert torch.equal(both[k:k + 1], random_flips(volumes[k:k + 1], [g], seed=7, axes=(True, True, True)))

@@ -99,6 +99,9 @@ class DiffusionConfig:
     # Cascade: the base model's training volumes scaled about their centre by a factor in [1 - a, 1 + a], drawn
     # per sample (ctsynth.data.random_zooms); the detail models see them unzoomed. 0: off.
     augment_zoom: float = 0.0
+    # Cascade: the detail models' training volumes mirrored along each enabled axis (z, y, x) with probability
+    # 1/2, drawn per sample (ctsynth.data.random_flips); the base model sees them as they are. All off: none.
+    augment_detail_flip: tuple[bool, bool, bool] = (False, False, False)
     # Cascade: the base model trains on the first this-many passes over the training set only, then the detail
     # models train alone; its weights and EMA stay as they were (docs/training.md, quality.md). 0: no bound.
     base_max_epochs: float = 0.0

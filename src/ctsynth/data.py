@@ -183,6 +183,7 @@ __all__ = ["Augment", "CacheVolumes", "CachePatchDataset"]
 
 SHIFT_STREAM = 100  # the shift's own stream of a training sample's draws (the cascade uses 0 and its levels)
 ZOOM_STREAM = 101  # the zoom's own stream
+FLIP_STREAM = 102  # the detail models' flips
 
 
 def random_shifts(volumes: torch.Tensor, sample_ids: list[int], seed: int,
@@ -237,3 +238,28 @@ def random_zooms(volumes: torch.Tensor, sample_ids: list[int], seed: int, amount
         theta[k, 0, 0] = theta[k, 1, 1] = theta[k, 2, 2] = 1.0 / f
     grid = torch.nn.functional.affine_grid(theta, list(volumes.shape), align_corners=False)
     return torch.nn.functional.grid_sample(volumes, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_flips(volumes: torch.Tensor, sample_ids: list[int], seed: int, axes: tuple[bool, bool, bool]) -> torch.Tensor:
+    """Each volume ``(b, c, z, y, x)`` mirrored along each axis ``axes`` enables, with probability 1/2 per axis,
+    drawn per sample (stream ``FLIP_STREAM``, as :func:`random_shifts`' offsets).
+
+    For the wavelet cascade's detail models only (``diffusion.augment_detail_flip``): what they learn is local
+    (edges, vessels, texture given the band below), which looks the same mirrored, while a chest does not (the
+    heart is on the left), so the base model keeps the volumes as they are. Against their memorising the
+    training crops: the coarse levels' models see a whole crop's band at once, and after hundreds of passes
+    they gave held-out crops the details of training crops (docs/quality.md). A mirror of an exact copy is a
+    lossless rearrangement, so no interpolation blur reaches the bands.
+    """
+    from .models.diffusion import sample_generator
+
+    if not any(axes):
+        return volumes
+    out = volumes.clone()
+    for k, g in enumerate(sample_ids):
+        gen = sample_generator(seed, g, stream=FLIP_STREAM)
+        draws = torch.rand(3, generator=gen)
+        dims = [1 + a for a in range(3) if axes[a] and bool(draws[a] < 0.5)]  # axes of one volume (c, z, y, x)
+        if dims:
+            out[k] = torch.flip(volumes[k], dims)
+    return out

@@ -30,7 +30,7 @@ from ..models.autoencoder import downsampling_factor, encode_volume, pad_to_mult
 from ..models import build_diffusion_model
 from ..models.diffusion import (build_scheduler, pad_latents, standardise, training_draws, training_loss,
                                 ema_decay_at, update_ema)
-from ..data import CacheVolumes, random_shifts, random_zooms
+from ..data import CacheVolumes, random_flips, random_shifts, random_zooms
 from ..runs import load_frozen_autoencoder
 from .common import label_indices, sample_ids, study_for_sample, write_json
 from .runner import Clip, Stage
@@ -89,6 +89,9 @@ def accumulate_gradients(fabric, unet, scheduler, latents: torch.Tensor, labels:
             if cfg.cascade:
                 volumes = random_shifts(latents[idx], ids, tcfg.seed, cfg.augment_shift)
                 base_volumes = random_zooms(volumes, ids, tcfg.seed, cfg.augment_zoom) if cfg.augment_zoom > 0 else None
+                if any(cfg.augment_detail_flip):  # the detail models' volumes mirrored, the base model's not
+                    base_volumes = volumes if base_volumes is None else base_volumes
+                    volumes = random_flips(volumes, ids, tcfg.seed, cfg.augment_detail_flip)
                 loss = unet(volumes.to(fabric.device), labels[idx].to(fabric.device), ids, tcfg.seed, scheduler,
                             None if base_volumes is None else base_volumes.to(fabric.device))
             else:
