@@ -226,3 +226,22 @@ def test_base_images_feed_the_base_model_only():
     assert all(torch.equal(plain[n], other[n]) for n in plain if n.startswith("details."))
     same = grads(model(images, labels, [2, 3], 0, scheduler, base_images=images))
     assert all(torch.equal(plain[n], same[n]) for n in plain)
+
+
+def test_detail_flips_leave_the_base_model_exactly_as_without_them(tmp_path):
+    """Known answer for ``diffusion.augment_detail_flip``: the base model trains on the volumes as they are, so
+    after the same steps its weights and EMA equal those of a run without flips, bit for bit, while the detail
+    models (which saw mirrored volumes) differ. Without gradient clipping: its norm is the whole cascade's, so a
+    detail model's gradient scales the base model's step when it clips."""
+    plain = cascade_config(detail_every=1, steps=4)
+    plain = dataclasses.replace(plain, train=dataclasses.replace(plain.train, max_grad_norm=0.0))
+    prep = make_tiny_cache(tmp_path / "prep", plain)
+    flipped = dataclasses.replace(plain, diffusion=dataclasses.replace(plain.diffusion,
+                                                                       augment_detail_flip=(True, True, True)))
+    assert train(prep, plain, tmp_path / "plain", CPU) == "done"
+    assert train(prep, flipped, tmp_path / "flipped", CPU) == "done"
+    a = load_file(str(tmp_path / "plain" / "diffusion" / "model.safetensors"))
+    b = load_file(str(tmp_path / "flipped" / "diffusion" / "model.safetensors"))
+    base = [k for k in a if ".base." in k or k.startswith(("unet.base", "ema.base"))]
+    assert base and all(torch.equal(a[k], b[k]) for k in base)
+    assert any(not torch.equal(a[k], b[k]) for k in a if "details" in k)

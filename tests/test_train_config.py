@@ -17,7 +17,7 @@ def test_presets_load_and_build(name):
     assert name in preset_names()
     config = load_config(name)
     assert config.name == name
-    assert downsampling_factor(config.autoencoder) == (8 if name in ("quality", "demo") else 4)
+    assert downsampling_factor(config.autoencoder) == (8 if name == "demo" else 4)
     # tiny exercises the trained stage 1; every other preset is on the lossless Haar bands (docs/quality.md)
     assert config.autoencoder.kind == ("kl" if name == "tiny" else "haar")
     if config.autoencoder.kind == "kl":
