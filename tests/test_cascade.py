@@ -245,3 +245,32 @@ def test_detail_flips_leave_the_base_model_exactly_as_without_them(tmp_path):
     base = [k for k in a if ".base." in k or k.startswith(("unet.base", "ema.base"))]
     assert base and all(torch.equal(a[k], b[k]) for k in base)
     assert any(not torch.equal(a[k], b[k]) for k in a if "details" in k)
+
+
+def test_least_squares_scores_known_answers():
+    from ctsynth.models.cascade import least_squares_scores
+
+    scores = torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[0.0, 2.0], [3.0, 1.0]]])
+    torch.testing.assert_close(least_squares_scores(scores, 1.0), torch.tensor([0.0, (1 + 1 + 4 + 0) / 4]))
+    torch.testing.assert_close(least_squares_scores(scores, 0.0), torch.tensor([1.0, (0 + 4 + 9 + 1) / 4]))
+
+
+def test_adversarial_details_train_their_critics_resume_exactly_and_leave_the_base_alone(tmp_path):
+    """``detail_adv_weight``: the critics train beside the cascade and are checkpointed (a stopped and resumed
+    run ends bit for bit where an uninterrupted one does, which fails if the critics restart from scratch);
+    their loss reaches the detail models only (without clipping the base model equals the plain run's)."""
+    plain = cascade_config(detail_every=1, steps=6)
+    plain = dataclasses.replace(plain, train=dataclasses.replace(plain.train, max_grad_norm=0.0, checkpoint_every=3))
+    adv = dataclasses.replace(plain, diffusion=dataclasses.replace(plain.diffusion, detail_adv_weight=0.5,
+                                                                   detail_critic_channels=8))
+    prep = make_tiny_cache(tmp_path / "prep", plain)
+    assert train(prep, plain, tmp_path / "plain", CPU) == "done"
+    assert train(prep, adv, tmp_path / "adv", CPU) == "done"
+    assert train(prep, adv, tmp_path / "resumed", CPU, hooks=TrainHooks(stop_after={"diffusion": 3})) == "stopped"
+    assert train(prep, adv, tmp_path / "resumed", CPU) == "done"
+    a, b, c = (load_file(str(tmp_path / r / "diffusion" / "model.safetensors")) for r in ("plain", "adv", "resumed"))
+    assert a.keys() == b.keys()  # the critics are not part of the generator
+    assert all(torch.equal(b[k], c[k]) for k in b)
+    base = [k for k in a if ".base." in k or k.startswith(("unet.base", "ema.base"))]
+    assert base and all(torch.equal(a[k], b[k]) for k in base)
+    assert any(not torch.equal(a[k], b[k]) for k in a if "details" in k)

@@ -93,6 +93,10 @@ class DiffusionConfig:
     detail_objective: str = "regression"  # "regression": one pass, the bands' conditional mean; "gaussian": that
     # mean plus noise of a predicted per-voxel variance (one pass); "flow": sampled by rectified flow
     detail_noise: float = 1.0  # gaussian: scale of the added noise (0: the mean alone, as regression)
+    # regression: weight of a conditional patch critic's least-squares adversarial loss on each level's bands
+    # (pix2pix / SRGAN: the mean alone smears what the band below does not decide); 0: off
+    detail_adv_weight: float = 0.0
+    detail_critic_channels: int = 16  # the critics' first layer width (MONAI PatchDiscriminator, 2 layers)
     # Cascade training: each training volume shifted by up to (z, y, x) whole voxels, drawn per sample, against
     # memorising few crops (ctsynth.data.random_shifts; docs/quality.md). (0, 0, 0): off.
     augment_shift: tuple[int, int, int] = (0, 0, 0)

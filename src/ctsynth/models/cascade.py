@@ -13,6 +13,10 @@ level). Generation follows it down:
    super-resolution, one level at a time); with ``gaussian`` it also predicts each voxel's variance around
    that mean and sampling adds that much Gaussian noise (one pass still: the texture the mean lacks); with
    ``flow`` it samples them by rectified flow like the base.
+   With ``detail_adv_weight > 0`` (regression only) a conditional patch critic per level (pix2pix; SRGAN for
+   super-resolution) judges bands given the band below, and its least-squares adversarial loss joins the
+   regression's: the conditional mean smears what the band below does not decide (small vessels, texture),
+   and the critic pushes the one pass towards bands that look drawn from the data instead.
 
 Why (docs/quality.md): diffusing all 64 channels of the 2-level Haar packet jointly on 2 CPU cores gave
 voxel noise and no class after 45 minutes; its errors in the detail bands show at full strength. Here each
@@ -37,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.networks.nets import DiffusionModelUNet
+from monai.networks.nets import DiffusionModelUNet, PatchDiscriminator
 
 from ..config import DiffusionConfig
 from ..errors import CTSynthError
@@ -89,6 +93,40 @@ def gaussian_detail_sample(out: torch.Tensor, eps: torch.Tensor, scale: float = 
     """The bands drawn from the ``gaussian`` objective's output: ``mean + scale * exp(logvar / 2) * eps``."""
     mean, logvar = out[:, :DETAIL_BANDS], out[:, DETAIL_BANDS:].clamp(*LOGVAR_RANGE)
     return mean + scale * torch.exp(0.5 * logvar) * eps
+
+
+def least_squares_scores(scores: torch.Tensor, target: float) -> torch.Tensor:
+    """Per-sample least-squares GAN loss (Mao et al. 2017; MONAI's ``PatchAdversarialLoss`` criterion
+    ``least_squares``), ``(b,)``: the mean of ``(score - target)^2`` over a sample's patch scores. Per sample,
+    so a step's gradient does not depend on its split into micro-batches."""
+    return (scores.float() - target).pow(2).flatten(1).mean(1)
+
+
+class DetailCritics(torch.nn.Module):
+    """One conditional patch critic per level (``detail_adv_weight``): the seven standardised bands and their
+    condition in, a grid of real-or-made scores out. Trained by the diffusion stage beside the cascade, not
+    saved with the generator (sampling does not need them).
+
+    ``forward(batches)`` is the critics' loss on the bands the last :meth:`WaveletCascade.forward` made
+    (``critic_batches``), summed over the samples (divide by the micro-batch size): real ``(cond, target)``
+    towards 1, made ``(cond, pred)`` towards 0, half each. A module call, so that DDP's hooks run."""
+
+    def __init__(self, cfg: DiffusionConfig, levels: int) -> None:
+        super().__init__()
+        self.critics = torch.nn.ModuleList(
+            PatchDiscriminator(spatial_dims=3, channels=cfg.detail_critic_channels, in_channels=DETAIL_BANDS + 1,
+                               out_channels=1, num_layers_d=2, kernel_size=3, norm="INSTANCE")
+            for _ in range(levels))
+
+    def score(self, level: int, cond: torch.Tensor, bands: torch.Tensor) -> torch.Tensor:
+        return self.critics[level - 1](torch.cat([cond, bands], 1))[-1]
+
+    def forward(self, batches: dict[int, tuple[torch.Tensor, ...]]) -> torch.Tensor:
+        total = 0.0 * sum(p.sum() for p in self.parameters())  # every critic in the graph (DDP)
+        for level, (cond, pred, target) in batches.items():
+            total = total + 0.5 * (least_squares_scores(self.score(level, cond, target), 1.0)
+                                   + least_squares_scores(self.score(level, cond, pred), 0.0)).sum()
+        return total
 
 
 def per_sample_noise(generators: list[torch.Generator], channels: int, shape: list[int],
@@ -184,11 +222,16 @@ class WaveletCascade(torch.nn.Module):
         return tuple(n if p <= 0 else min(p, n) for n, p in zip(grid, self.cfg.detail_patch))
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, ids: list[int], seed: int,
-                scheduler, base_images: torch.Tensor | None = None) -> torch.Tensor:
+                scheduler, base_images: torch.Tensor | None = None,
+                critics: DetailCritics | None = None) -> torch.Tensor:
         """The micro-batch's loss: the base model's on ``LL_L`` (samples ``g`` below ``base_sample_limit``)
         plus every detail model's on a patch of its level (samples ``g`` with ``g % detail_every == 0``), each a
         per-sample MSE summed / batch size. ``base_images`` (``diffusion.augment_zoom``): the base model's band
-        comes from these instead (the same samples, augmented for it alone)."""
+        comes from these instead (the same samples, augmented for it alone). ``critics``
+        (``detail_adv_weight``; frozen by the caller): their adversarial loss joins the detail models', and
+        ``critic_batches`` keeps each level's ``(condition, made bands, real bands)``, detached, for
+        :class:`DetailCritics`' own loss."""
+        self.critic_batches: dict[int, tuple[torch.Tensor, ...]] = {}
         b = images.shape[0]
         low, lows, details = pyramid(images, self.levels)
         if base_images is not None:
@@ -209,13 +252,13 @@ class WaveletCascade(torch.nn.Module):
             sel = torch.tensor(chosen, device=images.device)
             for level in range(1, self.levels + 1):
                 loss = loss + self._detail_loss(level, lows[level - 1][sel], details[level - 1][sel], labels[sel],
-                                                [ids[k] for k in chosen], seed, scheduler).sum()
+                                                [ids[k] for k in chosen], seed, scheduler, critics).sum()
         else:  # every parameter takes part in every step's graph (DDP requires it)
             loss = loss + 0.0 * sum(p.sum() for p in self.details.parameters())
         return loss / b
 
     def _detail_loss(self, level: int, low: torch.Tensor, details: torch.Tensor, labels: torch.Tensor,
-                     ids: list[int], seed: int, scheduler) -> torch.Tensor:
+                     ids: list[int], seed: int, scheduler, critics: DetailCritics | None = None) -> torch.Tensor:
         """Per-sample loss of level ``level``'s detail model on one random patch per sample, its condition
         jittered; the patch corner and the jitter come from ``(seed, sample, level)``."""
         grid = tuple(low.shape[-3:])
@@ -232,7 +275,14 @@ class WaveletCascade(torch.nn.Module):
         cond = pad_to_multiple(torch.stack(conds), m, 0.0)[0]
         target = pad_to_multiple(torch.stack(targets), m, 0.0)[0]
         if self.cfg.detail_objective == "regression":
-            return per_sample_mse(self._regress(level, cond, labels), target)
+            pred = self._regress(level, cond, labels)
+            loss = per_sample_mse(pred, target)
+            if critics is None or self.cfg.detail_adv_weight <= 0:
+                return loss
+            window = (slice(None), slice(None), *(slice(0, p) for p in size))  # the padding is not the critic's
+            cond, pred, target = cond[window], pred[window], target[window]
+            self.critic_batches[level] = (cond.detach(), pred.detach(), target.detach())
+            return loss + self.cfg.detail_adv_weight * least_squares_scores(critics.score(level, cond, pred), 1.0)
         if self.cfg.detail_objective == "gaussian":
             return gaussian_detail_loss(self._regress(level, cond, labels), target)
         noise, t, drop = training_draws(ids, seed, tuple(target.shape[1:]), scheduler, 0.0, target.device,

@@ -28,6 +28,7 @@ from ..config import Config, DiffusionConfig, TrainConfig
 from ..errors import CTSynthError
 from ..models.autoencoder import downsampling_factor, encode_volume, pad_to_multiple
 from ..models import build_diffusion_model
+from ..models.cascade import DetailCritics
 from ..models.diffusion import (build_scheduler, pad_latents, standardise, training_draws, training_loss,
                                 ema_decay_at, update_ema)
 from ..data import CacheVolumes, random_flips, random_shifts, random_zooms
@@ -76,10 +77,12 @@ def training_images(config: Config, prep_dir: Path, entries: list[dict]) -> dict
 
 
 def accumulate_gradients(fabric, unet, scheduler, latents: torch.Tensor, labels: torch.Tensor, step: int,
-                         cfg: DiffusionConfig, tcfg: TrainConfig, null_label: int, poison: bool = False) -> float:
+                         cfg: DiffusionConfig, tcfg: TrainConfig, null_label: int, poison: bool = False,
+                         critics=None) -> float:
     """Forward and backward of one optimizer step's ``grad_accum`` micro-batches (standardised, unpadded
     ``latents`` of the whole training set); returns the step's mean loss (NaN when ``poison``: tests of the NaN
-    guard). DDP synchronises on the last only."""
+    guard). DDP synchronises on the last only. ``critics`` (the cascade's ``detail_adv_weight``): frozen in the
+    cascade's pass, whose adversarial loss reaches only the detail models, then trained on the bands it made."""
     total = 0.0
     n = latents.shape[0]
     for micro in range(tcfg.grad_accum):
@@ -92,8 +95,11 @@ def accumulate_gradients(fabric, unet, scheduler, latents: torch.Tensor, labels:
                 if any(cfg.augment_detail_flip):  # the detail models' volumes mirrored, the base model's not
                     base_volumes = volumes if base_volumes is None else base_volumes
                     volumes = random_flips(volumes, ids, tcfg.seed, cfg.augment_detail_flip)
+                raw = None if critics is None else critics.module.requires_grad_(False)
                 loss = unet(volumes.to(fabric.device), labels[idx].to(fabric.device), ids, tcfg.seed, scheduler,
-                            None if base_volumes is None else base_volumes.to(fabric.device))
+                            None if base_volumes is None else base_volumes.to(fabric.device), raw)
+                if raw is not None:
+                    raw.requires_grad_(True)
             else:
                 z0 = pad_latents(latents[idx], cfg).to(fabric.device)
                 noise, t, drop = training_draws(ids, tcfg.seed, tuple(z0.shape[1:]), scheduler, cfg.label_dropout,
@@ -102,6 +108,9 @@ def accumulate_gradients(fabric, unet, scheduler, latents: torch.Tensor, labels:
             if poison:
                 loss = loss * float("nan")
             fabric.backward(loss / tcfg.grad_accum)
+        if critics is not None:
+            with fabric.no_backward_sync(critics, enabled=micro < tcfg.grad_accum - 1):
+                fabric.backward(critics(unet.module.critic_batches) / (len(ids) * tcfg.grad_accum))
         total += float(loss.detach()) / tcfg.grad_accum
     return total
 
@@ -139,11 +148,18 @@ class DiffusionStage(Stage):
         self.ema = ema.to(fabric.device)
         self.scheduler = build_scheduler(self.cfg)
         self.modules, self.optimizers = {"unet": self.unet, "ema": self.ema}, {"opt": self.opt}
+        self.critics = self.opt_critics = None
+        if self.cfg.cascade and self.cfg.detail_adv_weight > 0:
+            critics = DetailCritics(self.cfg, unet.levels)
+            opt_c = torch.optim.AdamW(critics.parameters(), lr=self.cfg.lr, weight_decay=self.tcfg.weight_decay)
+            self.critics, self.opt_critics = fabric.setup(critics, opt_c)
+            self.modules["critics"], self.optimizers["opt_critics"] = self.critics, self.opt_critics
 
     def accumulate(self, step: int, poison: bool) -> tuple[dict[str, float], list[Clip]]:
         loss = accumulate_gradients(self.fabric, self.unet, self.scheduler, self.latents, self.labels, step, self.cfg,
-                                    self.tcfg, self.null_label, poison)
-        return {"loss": loss}, [(self.unet, self.opt, self.tcfg.max_grad_norm)]
+                                    self.tcfg, self.null_label, poison, self.critics)
+        clip = [(self.unet, self.opt, self.tcfg.max_grad_norm)]
+        return {"loss": loss}, clip + ([(self.critics, self.opt_critics, 0.0)] if self.critics is not None else [])
 
     def update(self, step: int) -> None:
         decay = ema_decay_at(self.cfg.ema_decay, step)
@@ -154,9 +170,13 @@ class DiffusionStage(Stage):
             for p in model.base.parameters():
                 p.grad = None
             self.opt.step()
+            if self.opt_critics is not None:
+                self.opt_critics.step()
             update_ema(self.ema.details, model.details, decay)
             return
         self.opt.step()
+        if self.opt_critics is not None:
+            self.opt_critics.step()
         update_ema(self.ema, model, decay)
 
     def _base_done(self, steps_done: int) -> bool:
