@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--volumes", type=int, default=8, help="real training volumes to rebuild (default 8)")
     parser.add_argument("--steps", type=int, default=10, help="sampling steps of flow detail models")
     parser.add_argument("--top", type=int, default=6, help="features listed per row")
+    parser.add_argument("--held-out", action="store_true",
+                        help="rebuild held-out volumes instead of training ones: a detail model that copies "
+                             "rebuilds its own training crops well, so only these show how it generalises")
     parser.add_argument("--detail-noise", type=float, default=None,
                         help="gaussian detail models: scale of the sampled noise (default: the run's config)")
     args = parser.parse_args(argv)
@@ -69,9 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     train = [i for i in items if i.group == "train"]
     real = [summarise_volume(i.load(), study_id=i.id, group="train") for i in train]
     scale = standardiser(np.stack([s.radiomics for s in real]))
-    chosen = [i.load() for i in train[:args.volumes]]
-    before = scale(np.stack([s.radiomics for s in real[:args.volumes]])).mean(0)
-    print(f"{len(chosen)} real training volumes, their bands rebuilt by {args.run}")
+    group = "held_out" if args.held_out else "train"
+    picked = [i for i in items if i.group == group][:args.volumes]
+    chosen = [i.load() for i in picked]
+    own = real[:args.volumes] if group == "train" else [summarise_volume(v, study_id=i.id, group=group)
+                                                         for i, v in zip(picked, chosen)]
+    before = scale(np.stack([s.radiomics for s in own])).mean(0)
+    print(f"{len(chosen)} real {group.replace('_', '-')} volumes, their bands rebuilt by {args.run}")
     print("| details made below | sum z^2 | features that move most (z) |\n|---|---|---|")
     for level in range(gen.unet.levels, 0, -1):
         after = scale(np.stack([summarise_volume(rebuild(gen, v, level, k, args.steps), study_id=str(k),

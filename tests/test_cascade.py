@@ -153,6 +153,9 @@ def test_a_tiny_gaussian_cascade_trains_and_samples_reproducibly(tmp_path, capsy
     assert diagnose.main([str(tmp_path / "run"), str(prep), "--volumes", "2"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| true LL_")]
     assert [r.split("|")[1].strip() for r in rows] == ["true LL_2", "true LL_1"]
+    assert diagnose.main([str(tmp_path / "run"), str(prep), "--volumes", "1", "--held-out"]) == 0
+    out = capsys.readouterr().out
+    assert "1 real held-out volumes" in out and out.count("| true LL_") == 2
 
 
 def test_add_details_with_silent_detail_models_gives_the_block_means():
