@@ -277,3 +277,9 @@ def test_adversarial_details_train_their_critics_resume_exactly_and_leave_the_ba
     base = [k for k in a if ".base." in k or k.startswith(("unet.base", "ema.base"))]
     assert base and all(torch.equal(a[k], b[k]) for k in base)
     assert any(not torch.equal(a[k], b[k]) for k in a if "details" in k)
+
+
+def test_adversarial_details_need_the_regression_objective():
+    cfg = cascade_config(detail_objective="flow", detail_adv_weight=0.1).diffusion
+    with pytest.raises(CTSynthError, match="detail_objective: regression"):
+        WaveletCascade(cfg, 2, 2)

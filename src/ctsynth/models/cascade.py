@@ -175,6 +175,9 @@ class WaveletCascade(torch.nn.Module):
         if cfg.detail_objective not in DETAIL_OBJECTIVES:
             raise CTSynthError(f"unknown diffusion.detail_objective '{cfg.detail_objective}'",
                                fix=f"use one of {list(DETAIL_OBJECTIVES)}")
+        if cfg.detail_adv_weight > 0 and cfg.detail_objective != "regression":
+            raise CTSynthError(f"diffusion.detail_adv_weight works with detail_objective: regression, got "
+                               f"'{cfg.detail_objective}'", fix="set detail_adv_weight: 0 or detail_objective: regression")
         if not 1 <= levels <= 3:
             raise CTSynthError(f"diffusion.cascade needs autoencoder.haar_levels between 1 and 3, got {levels}",
                                fix="use 2 or 3 (the base grid is 1/4 or 1/8 of the volume per axis)")

@@ -164,19 +164,17 @@ class DiffusionStage(Stage):
     def update(self, step: int) -> None:
         decay = ema_decay_at(self.cfg.ema_decay, step)
         model = self.unet.module
+        if self.opt_critics is not None:
+            self.opt_critics.step()
         if self.cfg.cascade and self._base_done(step):
             # Past diffusion.base_max_epochs the base model and its EMA stay exactly as they were: AdamW skips a
             # parameter without a gradient (no momentum, no weight decay), and only the details' EMA moves.
             for p in model.base.parameters():
                 p.grad = None
             self.opt.step()
-            if self.opt_critics is not None:
-                self.opt_critics.step()
             update_ema(self.ema.details, model.details, decay)
             return
         self.opt.step()
-        if self.opt_critics is not None:
-            self.opt_critics.step()
         update_ema(self.ema, model, decay)
 
     def _base_done(self, steps_done: int) -> bool:
