@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 # Tests run on 2-core CI machines, often beside each other; one thread per process keeps torch from
-# oversubscribing the cores (it does not change any result).
+# oversubscribing the cores. (The thread count can change a float sum's last bits: tests that compare a
+# subprocess's weights with this process's bit for bit give it this process's count.)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # A fixed salt for the identifier tokens (ctsynth.io.identity), so tests never create ~/.config/ctsynth/id_salt.
 os.environ.setdefault("CTSYNTH_ID_SALT", "ctsynth-tests")

@@ -91,7 +91,8 @@ train(sys.argv[1], load_config(sys.argv[2]), sys.argv[3], LaunchOptions(accelera
 def test_kill_9_during_a_write_leaves_no_temporary_after_the_resume(reference, tmp_path, capsys, kill_at, what):
     prep, config_path, reference_run = reference
     run = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(SRC))
+    # the killed run uses the reference run's thread count: another count sums in another order (last bits)
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONPATH=str(SRC))
     proc = subprocess.run([sys.executable, "-c", KILLER, str(prep), str(config_path), str(run), str(kill_at)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]

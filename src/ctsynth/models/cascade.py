@@ -95,6 +95,12 @@ def gaussian_detail_sample(out: torch.Tensor, eps: torch.Tensor, scale: float = 
     return mean + scale * torch.exp(0.5 * logvar) * eps
 
 
+def in_graph(module: torch.nn.Module) -> torch.Tensor:
+    """A zero loss term that still reaches every parameter of ``module``: a model with nothing to learn from a
+    micro-batch stays in the step's graph with a zero gradient, as DDP requires of every parameter."""
+    return 0.0 * sum(p.sum() for p in module.parameters())
+
+
 def least_squares_scores(scores: torch.Tensor, target: float) -> torch.Tensor:
     """Per-sample least-squares GAN loss (Mao et al. 2017; MONAI's ``PatchAdversarialLoss`` criterion
     ``least_squares``), ``(b,)``: the mean of ``(score - target)^2`` over a sample's patch scores. Per sample,
@@ -122,7 +128,7 @@ class DetailCritics(torch.nn.Module):
         return self.critics[level - 1](torch.cat([cond, bands], 1))[-1]
 
     def forward(self, batches: dict[int, tuple[torch.Tensor, ...]]) -> torch.Tensor:
-        total = 0.0 * sum(p.sum() for p in self.parameters())  # every critic in the graph (DDP)
+        total = in_graph(self)
         for level, (cond, pred, target) in batches.items():
             total = total + 0.5 * (least_squares_scores(self.score(level, cond, target), 1.0)
                                    + least_squares_scores(self.score(level, cond, pred), 0.0)).sum()
@@ -249,7 +255,7 @@ class WaveletCascade(torch.nn.Module):
             loss = training_loss_per_sample(self.base, scheduler, z0[sel], labels[sel], self.null_label, noise, t,
                                             drop).sum()
         else:  # past base_max_epochs: the base model is done; it stays in the graph with a zero gradient
-            loss = 0.0 * sum(p.sum() for p in self.base.parameters())
+            loss = in_graph(self.base)
         chosen = [k for k, g in enumerate(ids) if g % max(1, self.cfg.detail_every) == 0]
         if chosen:
             sel = torch.tensor(chosen, device=images.device)
@@ -257,7 +263,7 @@ class WaveletCascade(torch.nn.Module):
                 loss = loss + self._detail_loss(level, lows[level - 1][sel], details[level - 1][sel], labels[sel],
                                                 [ids[k] for k in chosen], seed, scheduler, critics).sum()
         else:  # every parameter takes part in every step's graph (DDP requires it)
-            loss = loss + 0.0 * sum(p.sum() for p in self.details.parameters())
+            loss = loss + in_graph(self.details)
         return loss / b
 
     def _detail_loss(self, level: int, low: torch.Tensor, details: torch.Tensor, labels: torch.Tensor,

@@ -24,7 +24,7 @@ from ..config import Config
 from ..models.autoencoder import (build_autoencoder, build_discriminator, decode_latent, downsampling_factor,
                                   encode_volume, is_trained, kl_loss)
 from ..data import Augment, CachePatchDataset, CacheVolumes
-from .common import StepSampler, write_json
+from .common import StepSampler, frozen, write_json
 from .runner import Clip, Stage
 
 STAGE = "autoencoder"
@@ -90,11 +90,8 @@ class AutoencoderStage(Stage):
                 kl = kl_loss(z_mu.float(), z_sigma.float())
                 loss = l1 + cfg.kl_weight * kl
                 if use_adv:
-                    # the raw discriminator (no DDP hooks, frozen): gradients reach only the autoencoder
-                    raw_disc = disc.module.requires_grad_(False)
-                    with fabric.autocast():
+                    with frozen(disc.module) as raw_disc, fabric.autocast():
                         adv_g = adv_loss(raw_disc(recon)[-1], target_is_real=True, for_discriminator=False)
-                    raw_disc.requires_grad_(True)
                     loss = loss + cfg.adv_weight * adv_g
                     totals["adv_g"] += float(adv_g.detach()) / accum
                 if poison:

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import numpy as np
@@ -47,6 +48,18 @@ class StopFlag:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``module`` with ``requires_grad`` off inside the block, on again after it: an adversary's score in the
+    generator's loss then sends gradients to the generator only (pass the raw module, not the DDP-wrapped
+    one, so its hooks do not run)."""
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        module.requires_grad_(True)
 
 
 def skip_reason(fabric, loss_finite: bool, clip: list[tuple[torch.nn.Module, Any, float]]) -> str | None:

@@ -18,6 +18,7 @@ their bands and its own loss, and its band statistics are buffers saved with its
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ from ..models.diffusion import (build_scheduler, pad_latents, standardise, train
                                 ema_decay_at, update_ema)
 from ..data import CacheVolumes, random_flips, random_shifts, random_zooms
 from ..runs import load_frozen_autoencoder
-from .common import label_indices, sample_ids, study_for_sample, write_json
+from .common import frozen, label_indices, sample_ids, study_for_sample, write_json
 from .runner import Clip, Stage
 
 STAGE = "diffusion"
@@ -91,15 +92,11 @@ def accumulate_gradients(fabric, unet, scheduler, latents: torch.Tensor, labels:
         with fabric.no_backward_sync(unet, enabled=micro < tcfg.grad_accum - 1):
             if cfg.cascade:
                 volumes = random_shifts(latents[idx], ids, tcfg.seed, cfg.augment_shift)
-                base_volumes = random_zooms(volumes, ids, tcfg.seed, cfg.augment_zoom) if cfg.augment_zoom > 0 else None
-                if any(cfg.augment_detail_flip):  # the detail models' volumes mirrored, the base model's not
-                    base_volumes = volumes if base_volumes is None else base_volumes
-                    volumes = random_flips(volumes, ids, tcfg.seed, cfg.augment_detail_flip)
-                raw = None if critics is None else critics.module.requires_grad_(False)
-                loss = unet(volumes.to(fabric.device), labels[idx].to(fabric.device), ids, tcfg.seed, scheduler,
-                            None if base_volumes is None else base_volumes.to(fabric.device), raw)
-                if raw is not None:
-                    raw.requires_grad_(True)
+                base = random_zooms(volumes, ids, tcfg.seed, cfg.augment_zoom)  # each returns its input when off
+                detail = random_flips(volumes, ids, tcfg.seed, cfg.augment_detail_flip)
+                with frozen(critics.module) if critics is not None else nullcontext() as raw:
+                    loss = unet(detail.to(fabric.device), labels[idx].to(fabric.device), ids, tcfg.seed, scheduler,
+                                None if base is detail else base.to(fabric.device), raw)
             else:
                 z0 = pad_latents(latents[idx], cfg).to(fabric.device)
                 noise, t, drop = training_draws(ids, tcfg.seed, tuple(z0.shape[1:]), scheduler, cfg.label_dropout,
