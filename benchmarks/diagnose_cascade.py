@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     before = scale(np.stack([s.radiomics for s in own])).mean(0)
     print(f"{len(chosen)} real {group.replace('_', '-')} volumes, their bands rebuilt by {args.run}")
     print("| details made below | sum z^2 | features that move most (z) |\n|---|---|---|")
-    for level in range(gen.unet.levels, 0, -1):
+    for level in range(gen.unet.detail_levels, 0, -1):
         after = scale(np.stack([summarise_volume(rebuild(gen, v, level, k, args.steps), study_id=str(k),
                                                  group="rebuilt").radiomics for k, v in enumerate(chosen)])).mean(0)
         z = after - before

@@ -69,13 +69,16 @@ def two_sample_setup(config, seed: int):
     return model, images, torch.tensor([0, 1]), build_scheduler(cfg), grads
 
 
-def test_cascade_loss_is_the_same_for_batch_2_and_two_micro_batches_of_1():
+@pytest.mark.parametrize("base_details", [False, True])
+def test_cascade_loss_is_the_same_for_batch_2_and_two_micro_batches_of_1(base_details):
     """Per-sample draws and a per-sample loss summed / batch: one step's gradient is the same whether its two
     samples come in one micro-batch or two (detail models on every other sample)."""
-    model, images, labels, scheduler, grads = two_sample_setup(cascade_config(detail_every=2, label_dropout=0.5), 0)
+    config = cascade_config(detail_every=2, label_dropout=0.5, base_details=base_details)
+    model, images, labels, scheduler, grads = two_sample_setup(config, 0)
     one = grads(model(images, labels, [6, 7], 0, scheduler))
     two = grads(model(images[:1], labels[:1], [6], 0, scheduler) / 2 + model(images[1:], labels[1:], [7], 0, scheduler) / 2)
-    assert one.keys() == two.keys() and any(n.startswith("details.1") for n in one)
+    last = "details.0" if base_details else "details.1"  # the coarsest detail model
+    assert one.keys() == two.keys() and any(n.startswith(last) for n in one)
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-7, msg=name)
 
@@ -283,3 +286,43 @@ def test_adversarial_details_need_the_regression_objective():
     cfg = cascade_config(detail_objective="flow", detail_adv_weight=0.1).diffusion
     with pytest.raises(CTSynthError, match="detail_objective: regression"):
         WaveletCascade(cfg, 2, 2)
+
+
+def test_base_details_make_the_base_model_carry_the_coarsest_level_whole():
+    """Known answer for ``diffusion.base_details``: the base model's target is ``LL_2`` and ``D_2`` (8 channels on
+    the ``LL_2`` grid), and turning that target back into a band gives ``LL_1`` exactly, the band the one
+    remaining detail model (level 1) starts from."""
+    model = WaveletCascade(cascade_config(base_details=True).diffusion, 2, 2)
+    x = torch.randn(2, 1, 8, 16, 24, generator=torch.Generator().manual_seed(4))
+    model.set_statistics(x)
+    _, lows, _ = pyramid(x, 2)
+    band = model._base_band(x)
+    assert band.shape == (2, 8, 2, 4, 6) and model.detail_levels == 1 and len(model.details) == 1
+    assert model.base.conv_in.conv.in_channels == 8 and model.base.out[-1].conv.out_channels == 8
+    torch.testing.assert_close(band.std(dim=(0, 2, 3, 4)), torch.ones(8), rtol=1e-4, atol=1e-4)  # standardised
+    torch.testing.assert_close(model._from_base_band(band), lows[0], rtol=1e-5, atol=1e-5)
+    plain = WaveletCascade(cascade_config().diffusion, 2, 2)
+    plain.set_statistics(x)
+    assert plain._base_band(x).shape == (2, 1, 2, 4, 6) and plain.detail_levels == 2
+
+
+def test_a_tiny_cascade_with_base_details_trains_and_samples_reproducibly(tmp_path, capsys):
+    from ctsynth.generate import Generator
+
+    config = cascade_config(base_details=True)
+    prep = make_tiny_cache(tmp_path / "prep", config)
+    assert train(prep, config, tmp_path / "run", CPU) == "done"
+    weights = load_file(str(tmp_path / "run" / "diffusion" / "model.safetensors"))
+    assert any(k.startswith("ema.details.0.") for k in weights)
+    assert not any(k.startswith("ema.details.1.") for k in weights)
+    gen = Generator.load(tmp_path / "run")
+    a, b = gen.sample(2, "covid", seed=3, batch_size=2), gen.sample(1, "covid", seed=4)
+    assert a[0].shape == (16, 32, 48) and np.isfinite(a[0].hu).all()
+    np.testing.assert_allclose(a[1].hu, b[0].hu, atol=1e-3)  # sample 1 of seed 3 is sample 0 of seed 4
+
+    spec = importlib.util.spec_from_file_location("diagnose_cascade", ROOT / "benchmarks" / "diagnose_cascade.py")
+    diagnose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnose)
+    assert diagnose.main([str(tmp_path / "run"), str(prep), "--volumes", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| true LL_")]
+    assert [r.split("|")[1].strip() for r in rows] == ["true LL_1"]  # the one level a detail model makes

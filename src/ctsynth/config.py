@@ -86,6 +86,10 @@ class DiffusionConfig:
     # The wavelet cascade (ctsynth.models.cascade; needs autoencoder.kind haar): the network above generates
     # the Haar low-pass band only, and one detail UNet per level adds that level's seven detail bands.
     cascade: bool = False
+    # Cascade: the base model also generates the coarsest level's seven detail bands (8 channels on the grid of
+    # LL_L, sampled jointly), so that level's structure is drawn, not regressed; detail UNets remain for the
+    # finer levels only (docs/quality.md).
+    base_details: bool = False
     detail_channels: tuple[int, ...] = (16, 32, 64)  # detail UNets: fully convolutional, no attention
     detail_patch: tuple[int, int, int] = (0, 0, 0)  # their training patch on their level's grid (0: whole axis)
     detail_every: int = 1  # detail UNets train on every n-th sample only (they cost more than the base)

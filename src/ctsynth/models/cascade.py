@@ -6,7 +6,10 @@ band ``LL_L`` (``2**L`` times smaller per axis) and, per level ``l``, seven deta
 level). Generation follows it down:
 
 1. the *base* UNet (the ``diffusion`` section's network, class-conditional with classifier-free guidance)
-   samples ``LL_L``: the layout, body and lungs, and the class, on a grid small enough to learn in minutes;
+   samples ``LL_L``: the layout, body and lungs, and the class, on a grid small enough to learn in minutes.
+   With ``base_details`` it samples ``D_L`` with it (8 channels on that grid, merged into ``LL_{L-1}``): the
+   coarsest level's structure (vessels a few voxels wide, lesion texture) is then drawn, where a regression
+   detail model can only give its mean given ``LL_L``, and detail models remain for levels ``L-1 .. 1``;
 2. per level, from coarse to fine, a *detail* UNet (``diffusion.detail_channels``, no attention) makes
    ``D_l`` given ``LL_l`` (concatenated as an input channel) and the label, and the level is merged. With
    ``detail_objective: regression`` (default) it predicts the bands' conditional mean in one pass (a learnt
@@ -191,8 +194,10 @@ class WaveletCascade(torch.nn.Module):
         # Samples numbered from this on do not train the base model (diffusion.base_max_epochs x the training
         # set, set by the training stage; None: no bound). Not saved: the stage sets it again on resume.
         self.base_sample_limit: int | None = None
-        self.base = build_unet(cfg, 1, n_labels)
-        self.details = torch.nn.ModuleList(build_detail_unet(cfg, n_labels) for _ in range(levels))
+        # levels whose details a detail UNet makes: all, or all but the coarsest (base_details)
+        self.detail_levels = levels - 1 if cfg.base_details else levels
+        self.base = build_unet(cfg, self._base_channels, n_labels)
+        self.details = torch.nn.ModuleList(build_detail_unet(cfg, n_labels) for _ in range(self.detail_levels))
         # (shift, scale) of LL_1 .. LL_L (one channel each) and of D_1 .. D_L (seven channels each)
         self.register_buffer("low_stats", torch.stack([torch.zeros(levels, 1), torch.ones(levels, 1)]))
         self.register_buffer("detail_stats", torch.stack([torch.zeros(levels, DETAIL_BANDS),
@@ -202,6 +207,28 @@ class WaveletCascade(torch.nn.Module):
     def multiple(self) -> int:
         """Every axis of an image must be a multiple of this (the Haar levels)."""
         return 2 ** self.levels
+
+    @property
+    def _base_channels(self) -> int:
+        return 1 + DETAIL_BANDS if self.cfg.base_details else 1
+
+    def _base_band(self, images: torch.Tensor) -> torch.Tensor:
+        """What the base model learns to generate from ``images``: ``LL_L`` (with ``base_details``, ``LL_L`` and
+        ``D_L`` along the channels), standardised."""
+        low, _, details = pyramid(images, self.levels)
+        band = self._low(low, self.levels)
+        if self.cfg.base_details:
+            band = torch.cat([band, self._detail(details[-1], self.levels)], dim=1)
+        return band
+
+    def _from_base_band(self, band: torch.Tensor) -> torch.Tensor:
+        """The base model's output back to the band the detail models start from (unstandardised): ``LL_L``,
+        or with ``base_details`` ``LL_{L-1}`` (``LL_L`` and ``D_L`` merged)."""
+        low = self._low(band[:, :1], self.levels, inverse=True)
+        if not self.cfg.base_details:
+            return low
+        details = self._detail(band[:, 1:], self.levels, inverse=True)
+        return merge_level(low, details, HaarTransform(1).to(band.device))
 
     def _base_multiple(self) -> int:
         return 2 ** (len(self.cfg.channels) - 1)
@@ -242,10 +269,9 @@ class WaveletCascade(torch.nn.Module):
         :class:`DetailCritics`' own loss."""
         self.critic_batches: dict[int, tuple[torch.Tensor, ...]] = {}
         b = images.shape[0]
-        low, lows, details = pyramid(images, self.levels)
-        if base_images is not None:
-            low = pyramid(base_images, self.levels)[0]
-        z0 = pad_to_multiple(self._low(low, self.levels), self._base_multiple(), 0.0)[0]
+        _, lows, details = pyramid(images, self.levels)
+        band = self._base_band(images if base_images is None else base_images)
+        z0 = pad_to_multiple(band, self._base_multiple(), 0.0)[0]
         limit = self.base_sample_limit
         based = [k for k, g in enumerate(ids) if limit is None or g < limit]
         if based:
@@ -259,7 +285,7 @@ class WaveletCascade(torch.nn.Module):
         chosen = [k for k, g in enumerate(ids) if g % max(1, self.cfg.detail_every) == 0]
         if chosen:
             sel = torch.tensor(chosen, device=images.device)
-            for level in range(1, self.levels + 1):
+            for level in range(1, self.detail_levels + 1):
                 loss = loss + self._detail_loss(level, lows[level - 1][sel], details[level - 1][sel], labels[sel],
                                                 [ids[k] for k in chosen], seed, scheduler, critics).sum()
         else:  # every parameter takes part in every step's graph (DDP requires it)
@@ -309,14 +335,15 @@ class WaveletCascade(torch.nn.Module):
     @torch.no_grad()
     def sample(self, scheduler, generators: list[torch.Generator], labels: torch.Tensor, guidance: float,
                steps: int, image_shape: tuple[int, int, int]) -> torch.Tensor:
-        """Volumes ``(b, 1, *image_shape)`` in the [-1, 1] window: ``LL_L`` by the base model (guided), then
+        """Volumes ``(b, 1, *image_shape)`` in the [-1, 1] window: ``LL_L`` (and ``D_L``) by the base model (guided), then
         every level's details given the band below (conditional pass only). Sample ``i`` draws all its
         noise from ``generators[i]``, in a fixed order, so it does not depend on its batch."""
         grid = [-(-n // self.multiple) for n in image_shape]
-        start = per_sample_noise(generators, 1, _padded(grid, self._base_multiple()), labels.device)
-        low = sample_latents(self.base, scheduler, start, labels, self.null_label, guidance, steps, tuple(grid))
-        low = self._low(low, self.levels, inverse=True)
-        return crop_to(self.add_details(low, self.levels, scheduler, generators, labels, steps), image_shape)
+        start = per_sample_noise(generators, self._base_channels, _padded(grid, self._base_multiple()),
+                                 labels.device)
+        band = sample_latents(self.base, scheduler, start, labels, self.null_label, guidance, steps, tuple(grid))
+        low = self._from_base_band(band)
+        return crop_to(self.add_details(low, self.detail_levels, scheduler, generators, labels, steps), image_shape)
 
     @torch.no_grad()
     def add_details(self, low: torch.Tensor, level: int, scheduler, generators: list[torch.Generator],

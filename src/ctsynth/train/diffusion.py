@@ -147,7 +147,7 @@ class DiffusionStage(Stage):
         self.modules, self.optimizers = {"unet": self.unet, "ema": self.ema}, {"opt": self.opt}
         self.critics = self.opt_critics = None
         if self.cfg.cascade and self.cfg.detail_adv_weight > 0:
-            critics = DetailCritics(self.cfg, unet.levels)
+            critics = DetailCritics(self.cfg, unet.detail_levels)
             opt_c = torch.optim.AdamW(critics.parameters(), lr=self.cfg.lr, weight_decay=self.tcfg.weight_decay)
             self.critics, self.opt_critics = fabric.setup(critics, opt_c)
             self.modules["critics"], self.optimizers["opt_critics"] = self.critics, self.opt_critics
