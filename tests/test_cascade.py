@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from ctsynth.config import load_config
 from ctsynth.errors import CTSynthError
-from ctsynth.models.cascade import (WaveletCascade, gaussian_detail_loss, gaussian_detail_sample, merge_level,
-                                    pyramid)
+from ctsynth.models.cascade import (WaveletCascade, energy_score, gaussian_detail_loss, gaussian_detail_sample,
+                                    merge_level, pyramid)
 from ctsynth.models.diffusion import build_scheduler
 from ctsynth.models.wavelet import HaarTransform
 from ctsynth.train import LaunchOptions, TrainHooks, train
@@ -69,11 +69,12 @@ def two_sample_setup(config, seed: int):
     return model, images, torch.tensor([0, 1]), build_scheduler(cfg), grads
 
 
-@pytest.mark.parametrize("base_details", [False, True])
-def test_cascade_loss_is_the_same_for_batch_2_and_two_micro_batches_of_1(base_details):
+@pytest.mark.parametrize("option", [{}, {"base_details": True}, {"detail_objective": "energy"}])
+def test_cascade_loss_is_the_same_for_batch_2_and_two_micro_batches_of_1(option):
     """Per-sample draws and a per-sample loss summed / batch: one step's gradient is the same whether its two
     samples come in one micro-batch or two (detail models on every other sample)."""
-    config = cascade_config(detail_every=2, label_dropout=0.5, base_details=base_details)
+    base_details = option.get("base_details", False)
+    config = cascade_config(detail_every=2, label_dropout=0.5, **option)
     model, images, labels, scheduler, grads = two_sample_setup(config, 0)
     one = grads(model(images, labels, [6, 7], 0, scheduler))
     two = grads(model(images[:1], labels[:1], [6], 0, scheduler) / 2 + model(images[1:], labels[1:], [7], 0, scheduler) / 2)
@@ -326,3 +327,70 @@ def test_a_tiny_cascade_with_base_details_trains_and_samples_reproducibly(tmp_pa
     assert diagnose.main([str(tmp_path / "run"), str(prep), "--volumes", "1"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| true LL_")]
     assert [r.split("|")[1].strip() for r in rows] == ["true LL_1"]  # the one level a detail model makes
+
+
+def test_energy_score_known_answers_and_its_minimum_at_the_true_spread():
+    """Known answers for ``detail_objective: energy``: two equal draws score their RMS distance to the target
+    (a regression's error); for y ~ N(0, 1) and draws ~ N(0, s^2) the expected score is
+    sqrt(2 / pi) * (sqrt(1 + s^2) - s / sqrt(2)), smallest at s = 1 (the truth), where a point (s = 0) scores
+    higher: the score rewards drawing the right spread, not the mean."""
+    y = torch.tensor([[3.0, 0.0, 4.0, 0.0]])
+    torch.testing.assert_close(energy_score((torch.zeros(1, 4), torch.zeros(1, 4)), y), torch.tensor([2.5]))
+    g = torch.Generator().manual_seed(0)
+    n = 400_000
+    target = torch.randn(n, 1, generator=g)
+    expected = {}
+    for s in (0.0, 0.5, 1.0, 2.0):
+        draws = (s * torch.randn(n, 1, generator=g), s * torch.randn(n, 1, generator=g))
+        expected[s] = float(energy_score(draws, target).mean())
+        exact = (2 / np.pi) ** 0.5 * ((1 + s * s) ** 0.5 - s / 2 ** 0.5)
+        assert abs(expected[s] - exact) < 0.005, (s, expected[s], exact)
+    assert min(expected, key=expected.get) == 1.0
+
+
+def test_energy_details_draw_different_bands_for_different_noise(tmp_path):
+    """A tiny ``energy`` cascade trains and generates the same volume for the same seed; given the same band,
+    its detail model draws different details for different noise, and the same for ``detail_noise: 0``."""
+    from ctsynth.generate import Generator
+
+    config = cascade_config(detail_objective="energy")
+    prep = make_tiny_cache(tmp_path / "prep", config)
+    assert train(prep, config, tmp_path / "run", CPU) == "done"
+    gen = Generator.load(tmp_path / "run")
+    a, b = gen.sample(1, "covid", seed=3), gen.sample(1, "covid", seed=3)
+    np.testing.assert_array_equal(a[0].hu, b[0].hu)
+    assert np.isfinite(a[0].hu).all()
+    model, scheduler, label = gen.unet, build_scheduler(config.diffusion), torch.tensor([0])
+    low = torch.randn(1, 1, 8, 16, 24, generator=torch.Generator().manual_seed(1))
+    draw = [model.add_details(low, 1, scheduler, [torch.Generator().manual_seed(s)], label, 1) for s in (1, 2)]
+    assert not torch.allclose(draw[0], draw[1])
+    model.cfg = dataclasses.replace(model.cfg, detail_noise=0.0)
+    mean = [model.add_details(low, 1, scheduler, [torch.Generator().manual_seed(s)], label, 1) for s in (1, 2)]
+    torch.testing.assert_close(mean[0], mean[1])
+
+
+def test_detail_gain_scales_a_level_s_regressed_details_and_only_that_level_s():
+    """Known answer for ``diffusion.detail_gain``: with zero band means the merge is linear, so what level 1's
+    details add to the block means of ``LL_1`` doubles with gain 2 and vanishes with a tiny gain, and a gain of
+    level 2 does not touch a rebuild from ``LL_1``. A gain that is not positive, or one too many, is refused."""
+    cfg = cascade_config().diffusion
+    x = torch.randn(1, 1, 8, 16, 24, generator=torch.Generator().manual_seed(6))
+    _, lows, _ = pyramid(x, 2)
+    block = torch.nn.functional.interpolate(torch.nn.functional.avg_pool3d(x, 2), scale_factor=2, mode="nearest")
+    added = {}
+    for gain in ((), (2.0,), (1e-6,), (1.0, 5.0)):
+        torch.manual_seed(0)
+        model = WaveletCascade(dataclasses.replace(cfg, detail_gain=gain), 2, 2)
+        model.set_statistics(x)
+        model.detail_stats[0].zero_()
+        for p in model.details[0].out.parameters():  # MONAI starts the output layer at zero
+            torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(1))
+        out = model.add_details(lows[0], 1, build_scheduler(cfg), [torch.Generator()], torch.tensor([0]), 1)
+        added[gain] = out - block
+    assert float(added[()].abs().max()) > 1e-3
+    torch.testing.assert_close(added[(2.0,)], 2 * added[()], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(added[(1e-6,)], torch.zeros_like(block), rtol=0, atol=1e-5)
+    torch.testing.assert_close(added[(1.0, 5.0)], added[()])
+    for bad in ((0.0,), (1.0, 1.0, 1.0)):
+        with pytest.raises(CTSynthError, match="detail_gain"):
+            WaveletCascade(dataclasses.replace(cfg, detail_gain=bad), 2, 2)

@@ -95,8 +95,13 @@ class DiffusionConfig:
     detail_every: int = 1  # detail UNets train on every n-th sample only (they cost more than the base)
     detail_cond_noise: float = 0.1  # Gaussian jitter of their (standardised) condition in training
     detail_objective: str = "regression"  # "regression": one pass, the bands' conditional mean; "gaussian": that
-    # mean plus noise of a predicted per-voxel variance (one pass); "flow": sampled by rectified flow
-    detail_noise: float = 1.0  # gaussian: scale of the added noise (0: the mean alone, as regression)
+    # mean plus noise of a predicted per-voxel variance (one pass); "energy": noise mapped to the bands in one
+    # pass, trained with the energy score (a draw, not the mean); "flow": sampled by rectified flow
+    detail_noise: float = 1.0  # gaussian: scale of the added noise; energy: of the input noise (0: no draw)
+    # regression, at sampling: each level's predicted bands times this (level 1, the finest, first; missing
+    # levels 1). The conditional mean lacks the energy of what the band below does not decide (vessels, edges'
+    # exact place); a gain restores part of it, like unsharp masking per wavelet level (docs/quality.md).
+    detail_gain: tuple[float, ...] = ()
     # regression: weight of a conditional patch critic's least-squares adversarial loss on each level's bands
     # (pix2pix / SRGAN: the mean alone smears what the band below does not decide); 0: off
     detail_adv_weight: float = 0.0

@@ -15,7 +15,11 @@ level). Generation follows it down:
    ``detail_objective: regression`` (default) it predicts the bands' conditional mean in one pass (a learnt
    super-resolution, one level at a time); with ``gaussian`` it also predicts each voxel's variance around
    that mean and sampling adds that much Gaussian noise (one pass still: the texture the mean lacks); with
-   ``flow`` it samples them by rectified flow like the base.
+   ``energy`` it maps Gaussian noise (fed where the regression gets zeros) to the bands in one pass, trained
+   with the energy score of two draws per sample (Gneiting & Raftery 2007; "engression", Shen & Meinshausen
+   2024): a proper scoring rule, so the draws learn the bands' conditional distribution (placed vessels and
+   texture, jointly over the patch) rather than their mean, for twice a regression's cost; with ``flow`` it
+   samples them by rectified flow like the base.
    With ``detail_adv_weight > 0`` (regression only) a conditional patch critic per level (pix2pix; SRGAN for
    super-resolution) judges bands given the band below, and its least-squares adversarial loss joins the
    regression's: the conditional mean smears what the band below does not decide (small vessels, texture),
@@ -55,7 +59,7 @@ from .diffusion import (build_unet, per_sample_mse, sample_latents, standardise,
 from .wavelet import HaarTransform
 
 DETAIL_BANDS = 7
-DETAIL_OBJECTIVES = ("regression", "gaussian", "flow")
+DETAIL_OBJECTIVES = ("regression", "gaussian", "energy", "flow")
 LOGVAR_RANGE = (-12.0, 4.0)  # the gaussian details' log-variance (standardised units), clamped for stability
 
 
@@ -96,6 +100,19 @@ def gaussian_detail_sample(out: torch.Tensor, eps: torch.Tensor, scale: float = 
     """The bands drawn from the ``gaussian`` objective's output: ``mean + scale * exp(logvar / 2) * eps``."""
     mean, logvar = out[:, :DETAIL_BANDS], out[:, DETAIL_BANDS:].clamp(*LOGVAR_RANGE)
     return mean + scale * torch.exp(0.5 * logvar) * eps
+
+
+def energy_score(draws: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Per-sample energy score of two draws ``X, X'`` against ``y``, ``(b,)``: ``(|X - y| + |X' - y|) / 2 -
+    |X - X'| / 2`` with ``|.|`` the Euclidean norm over a sample's whole patch divided by the square root of its
+    size (an RMS: the score's minimiser does not change with the scale). Its expectation is smallest, among all
+    distributions of the draws, exactly when they follow ``y``'s distribution (strictly proper), where the
+    first term alone (a regression) is smallest at a point."""
+    def rms(a: torch.Tensor) -> torch.Tensor:
+        return a.float().pow(2).flatten(1).mean(1).add(1e-12).sqrt()
+
+    x1, x2 = draws
+    return 0.5 * (rms(x1 - target) + rms(x2 - target)) - 0.5 * rms(x1 - x2)
 
 
 def in_graph(module: torch.nn.Module) -> torch.Tensor:
@@ -187,6 +204,10 @@ class WaveletCascade(torch.nn.Module):
         if cfg.detail_adv_weight > 0 and cfg.detail_objective != "regression":
             raise CTSynthError(f"diffusion.detail_adv_weight works with detail_objective: regression, got "
                                f"'{cfg.detail_objective}'", fix="set detail_adv_weight: 0 or detail_objective: regression")
+        if len(cfg.detail_gain) > levels or any(not g > 0 for g in cfg.detail_gain):
+            raise CTSynthError(f"diffusion.detail_gain must hold at most {levels} positive numbers (one per Haar "
+                               f"level, the finest first), got {list(cfg.detail_gain)}",
+                               fix="e.g. detail_gain: [1.3, 1.0], or leave it out (1 everywhere)")
         if not 1 <= levels <= 3:
             raise CTSynthError(f"diffusion.cascade needs autoencoder.haar_levels between 1 and 3, got {levels}",
                                fix="use 2 or 3 (the base grid is 1/4 or 1/8 of the volume per axis)")
@@ -298,7 +319,7 @@ class WaveletCascade(torch.nn.Module):
         jittered; the patch corner and the jitter come from ``(seed, sample, level)``."""
         grid = tuple(low.shape[-3:])
         size = self._patch_size(grid)
-        conds, targets = [], []
+        conds, targets, draws = [], [], []
         for v, d, g in zip(low, details, ids):
             rng = np.random.default_rng([int(seed), int(g), 1000 + level])
             c = [int(rng.integers(0, n - p + 1)) for n, p in zip(grid, size)]
@@ -306,9 +327,16 @@ class WaveletCascade(torch.nn.Module):
             jitter = torch.from_numpy(rng.standard_normal((1, *size), dtype=np.float32)).to(v)
             conds.append(self._low(v[window][None], level)[0] + self.cfg.detail_cond_noise * jitter)
             targets.append(self._detail(d[window][None], level)[0])
+            if self.cfg.detail_objective == "energy":  # the two draws' noise, after the jitter
+                draws.append(torch.from_numpy(rng.standard_normal((2, DETAIL_BANDS, *size), dtype=np.float32)).to(v))
         m = self._detail_multiple()
         cond = pad_to_multiple(torch.stack(conds), m, 0.0)[0]
         target = pad_to_multiple(torch.stack(targets), m, 0.0)[0]
+        if draws:
+            inside = (slice(None), slice(None), *(slice(0, p) for p in size))  # the score ignores the padding
+            eps = pad_to_multiple(torch.cat([e[k:k + 1] for k in (0, 1) for e in draws]), m, 0.0)[0]
+            made = self._regress(level, cond.repeat(2, 1, 1, 1, 1), labels.repeat(2), eps)[inside]
+            return energy_score(made.chunk(2), target[inside])
         if self.cfg.detail_objective == "regression":
             pred = self._regress(level, cond, labels)
             loss = per_sample_mse(pred, target)
@@ -325,10 +353,18 @@ class WaveletCascade(torch.nn.Module):
         return training_loss_per_sample(_Conditioned(self.details[level - 1], cond), scheduler, target, labels,
                                         self.null_label, noise, t, drop)
 
-    def _regress(self, level: int, cond: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The regression and gaussian objectives: the detail UNet's one pass at t = 0 with zeros for its noisy
-        input (the bands' mean, then for ``gaussian`` their log-variance, along the channels)."""
-        x = torch.zeros(cond.shape[0], DETAIL_BANDS, *cond.shape[2:], device=cond.device, dtype=cond.dtype)
+    def detail_gain(self, level: int) -> float:
+        """``diffusion.detail_gain`` of ``level`` (1 where the list stops): the regression's bands are scaled by
+        it at sampling, in standardised units (the bands' means are about 0, so the scale is of the bands)."""
+        return self.cfg.detail_gain[level - 1] if level <= len(self.cfg.detail_gain) else 1.0
+
+    def _regress(self, level: int, cond: torch.Tensor, labels: torch.Tensor,
+                 eps: torch.Tensor | None = None) -> torch.Tensor:
+        """The one-pass objectives: the detail UNet at t = 0 with zeros for its noisy input (the bands' mean,
+        then for ``gaussian`` their log-variance, along the channels), or for ``energy`` the noise ``eps`` (a
+        draw of the bands)."""
+        x = torch.zeros(cond.shape[0], DETAIL_BANDS, *cond.shape[2:], device=cond.device, dtype=cond.dtype) \
+            if eps is None else eps
         t = torch.zeros(cond.shape[0], device=cond.device)
         return self.details[level - 1](torch.cat([x, cond], dim=1), timesteps=t, class_labels=labels).float()
 
@@ -357,10 +393,12 @@ class WaveletCascade(torch.nn.Module):
             grid = list(low.shape[-3:])
             cond = pad_to_multiple(self._low(low, level), m, 0.0)[0]
             if self.cfg.detail_objective == "regression":
-                z = crop_to(self._regress(level, cond, labels), tuple(grid))
+                z = crop_to(self._regress(level, cond, labels), tuple(grid)) * self.detail_gain(level)
             else:
                 eps = per_sample_noise(generators, DETAIL_BANDS, _padded(grid, m), device)
-                if self.cfg.detail_objective == "gaussian":
+                if self.cfg.detail_objective == "energy":
+                    z = crop_to(self._regress(level, cond, labels, self.cfg.detail_noise * eps), tuple(grid))
+                elif self.cfg.detail_objective == "gaussian":
                     z = crop_to(gaussian_detail_sample(self._regress(level, cond, labels), eps, self.cfg.detail_noise),
                                 tuple(grid))
                 else:
