@@ -371,8 +371,8 @@ class WaveletCascade(torch.nn.Module):
     @torch.no_grad()
     def sample(self, scheduler, generators: list[torch.Generator], labels: torch.Tensor, guidance: float,
                steps: int, image_shape: tuple[int, int, int]) -> torch.Tensor:
-        """Volumes ``(b, 1, *image_shape)`` in the [-1, 1] window: ``LL_L`` (and ``D_L``) by the base model (guided), then
-        every level's details given the band below (conditional pass only). Sample ``i`` draws all its
+        """Volumes ``(b, 1, *image_shape)`` in the [-1, 1] window: ``LL_L`` (and ``D_L``) by the base model
+        (guided), then every level's details given the band below (conditional pass only). Sample ``i`` draws all its
         noise from ``generators[i]``, in a fixed order, so it does not depend on its batch."""
         grid = [-(-n // self.multiple) for n in image_shape]
         start = per_sample_noise(generators, self._base_channels, _padded(grid, self._base_multiple()),
