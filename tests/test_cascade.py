@@ -296,15 +296,15 @@ def test_base_details_make_the_base_model_carry_the_coarsest_level_whole():
     model = WaveletCascade(cascade_config(base_details=True).diffusion, 2, 2)
     x = torch.randn(2, 1, 8, 16, 24, generator=torch.Generator().manual_seed(4))
     model.set_statistics(x)
-    _, lows, _ = pyramid(x, 2)
-    band = model._base_band(x)
+    low, lows, details = pyramid(x, 2)
+    band = model._base_band(low, details[-1])
     assert band.shape == (2, 8, 2, 4, 6) and model.detail_levels == 1 and len(model.details) == 1
     assert model.base.conv_in.conv.in_channels == 8 and model.base.out[-1].conv.out_channels == 8
     torch.testing.assert_close(band.std(dim=(0, 2, 3, 4)), torch.ones(8), rtol=1e-4, atol=1e-4)  # standardised
     torch.testing.assert_close(model._from_base_band(band), lows[0], rtol=1e-5, atol=1e-5)
     plain = WaveletCascade(cascade_config().diffusion, 2, 2)
     plain.set_statistics(x)
-    assert plain._base_band(x).shape == (2, 1, 2, 4, 6) and plain.detail_levels == 2
+    assert plain._base_band(low, details[-1]).shape == (2, 1, 2, 4, 6) and plain.detail_levels == 2
 
 
 def test_a_tiny_cascade_with_base_details_trains_and_samples_reproducibly(tmp_path, capsys):
@@ -394,3 +394,5 @@ def test_detail_gain_scales_a_level_s_regressed_details_and_only_that_level_s():
     for bad in ((0.0,), (1.0, 1.0, 1.0)):
         with pytest.raises(CTSynthError, match="detail_gain"):
             WaveletCascade(dataclasses.replace(cfg, detail_gain=bad), 2, 2)
+    with pytest.raises(CTSynthError, match="detail_gain works with detail_objective: regression"):
+        WaveletCascade(dataclasses.replace(cfg, detail_gain=(1.3,), detail_objective="gaussian"), 2, 2)

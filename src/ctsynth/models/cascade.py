@@ -201,9 +201,11 @@ class WaveletCascade(torch.nn.Module):
         if cfg.detail_objective not in DETAIL_OBJECTIVES:
             raise CTSynthError(f"unknown diffusion.detail_objective '{cfg.detail_objective}'",
                                fix=f"use one of {list(DETAIL_OBJECTIVES)}")
-        if cfg.detail_adv_weight > 0 and cfg.detail_objective != "regression":
-            raise CTSynthError(f"diffusion.detail_adv_weight works with detail_objective: regression, got "
-                               f"'{cfg.detail_objective}'", fix="set detail_adv_weight: 0 or detail_objective: regression")
+        for name, on in (("detail_adv_weight", cfg.detail_adv_weight > 0), ("detail_gain", bool(cfg.detail_gain))):
+            if on and cfg.detail_objective != "regression":  # options of the conditional mean: not silently ignored
+                raise CTSynthError(f"diffusion.{name} works with detail_objective: regression, got "
+                                   f"'{cfg.detail_objective}'",
+                                   fix=f"leave {name} out or use detail_objective: regression")
         if len(cfg.detail_gain) > levels or any(not g > 0 for g in cfg.detail_gain):
             raise CTSynthError(f"diffusion.detail_gain must hold at most {levels} positive numbers (one per Haar "
                                f"level, the finest first), got {list(cfg.detail_gain)}",
@@ -233,13 +235,12 @@ class WaveletCascade(torch.nn.Module):
     def _base_channels(self) -> int:
         return 1 + DETAIL_BANDS if self.cfg.base_details else 1
 
-    def _base_band(self, images: torch.Tensor) -> torch.Tensor:
-        """What the base model learns to generate from ``images``: ``LL_L`` (with ``base_details``, ``LL_L`` and
-        ``D_L`` along the channels), standardised."""
-        low, _, details = pyramid(images, self.levels)
+    def _base_band(self, low: torch.Tensor, coarsest: torch.Tensor) -> torch.Tensor:
+        """What the base model learns to generate from a volume's ``LL_L`` and ``D_L`` (``coarsest``): ``LL_L``
+        (with ``base_details``, ``LL_L`` and ``D_L`` along the channels), standardised."""
         band = self._low(low, self.levels)
         if self.cfg.base_details:
-            band = torch.cat([band, self._detail(details[-1], self.levels)], dim=1)
+            band = torch.cat([band, self._detail(coarsest, self.levels)], dim=1)
         return band
 
     def _from_base_band(self, band: torch.Tensor) -> torch.Tensor:
@@ -290,9 +291,12 @@ class WaveletCascade(torch.nn.Module):
         :class:`DetailCritics`' own loss."""
         self.critic_batches: dict[int, tuple[torch.Tensor, ...]] = {}
         b = images.shape[0]
-        _, lows, details = pyramid(images, self.levels)
-        band = self._base_band(images if base_images is None else base_images)
-        z0 = pad_to_multiple(band, self._base_multiple(), 0.0)[0]
+        low, lows, details = pyramid(images, self.levels)
+        coarsest = details[-1]
+        if base_images is not None:
+            low, _, base_details = pyramid(base_images, self.levels)
+            coarsest = base_details[-1]
+        z0 = pad_to_multiple(self._base_band(low, coarsest), self._base_multiple(), 0.0)[0]
         limit = self.base_sample_limit
         based = [k for k, g in enumerate(ids) if limit is None or g < limit]
         if based:
@@ -319,6 +323,7 @@ class WaveletCascade(torch.nn.Module):
         jittered; the patch corner and the jitter come from ``(seed, sample, level)``."""
         grid = tuple(low.shape[-3:])
         size = self._patch_size(grid)
+        energy = self.cfg.detail_objective == "energy"
         conds, targets, draws = [], [], []
         for v, d, g in zip(low, details, ids):
             rng = np.random.default_rng([int(seed), int(g), 1000 + level])
@@ -327,12 +332,12 @@ class WaveletCascade(torch.nn.Module):
             jitter = torch.from_numpy(rng.standard_normal((1, *size), dtype=np.float32)).to(v)
             conds.append(self._low(v[window][None], level)[0] + self.cfg.detail_cond_noise * jitter)
             targets.append(self._detail(d[window][None], level)[0])
-            if self.cfg.detail_objective == "energy":  # the two draws' noise, after the jitter
+            if energy:  # the two draws' noise, after the jitter
                 draws.append(torch.from_numpy(rng.standard_normal((2, DETAIL_BANDS, *size), dtype=np.float32)).to(v))
         m = self._detail_multiple()
         cond = pad_to_multiple(torch.stack(conds), m, 0.0)[0]
         target = pad_to_multiple(torch.stack(targets), m, 0.0)[0]
-        if draws:
+        if energy:
             inside = (slice(None), slice(None), *(slice(0, p) for p in size))  # the score ignores the padding
             eps = pad_to_multiple(torch.cat([e[k:k + 1] for k in (0, 1) for e in draws]), m, 0.0)[0]
             made = self._regress(level, cond.repeat(2, 1, 1, 1, 1), labels.repeat(2), eps)[inside]
