@@ -70,13 +70,21 @@ def make_config(args: argparse.Namespace):
     return config
 
 
-def checkpoint_generator(run: Path, ckpt: Path):
-    """A ``Generator`` of the finished run with the EMA weights of one of its checkpoints."""
+def checkpoint_generator(run: Path, ckpt: Path, prep: Path):
+    """A ``Generator`` of the finished run with the EMA weights of one of its checkpoints; with
+    ``diffusion.calibration_samples`` its calibration fitted as training's end would have (checkpoints are
+    saved before it)."""
     from ctsynth.checkpoint import load_weights
     from ctsynth.generate import Generator
+    from ctsynth.train import check_cache
+    from ctsynth.train.diffusion import fit_calibration, training_images
 
     generator = Generator.load(run)
     generator.unet.load_state_dict(load_weights(ckpt / "weights.safetensors")["ema"])
+    config = generator.config
+    if config.diffusion.calibration_samples > 0:
+        images = training_images(config, prep, check_cache(prep, config)["train"])["latents"]
+        fit_calibration(generator.unet, config, images)
     return generator
 
 
@@ -247,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from ctsynth.evaluate.pipeline import summarise_items
 
-            items = synthetic_items(checkpoint_generator(run, ckpt), args.curve_samples, "synthetic", batch=10)
+            items = synthetic_items(checkpoint_generator(run, ckpt, prep), args.curve_samples, "synthetic", batch=10)
             synth = summarise_items(items, grid, None, progress=lambda m: None)
         point = curve_point(real + synth, grid, options)
         seconds = json.loads((ckpt / "state.json").read_text()).get("train_seconds", float("nan"))

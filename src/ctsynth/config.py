@@ -118,6 +118,10 @@ class DiffusionConfig:
     # Cascade: the base model trains on the first this-many passes over the training set only, then the detail
     # models train alone; its weights and EMA stay as they were (docs/training.md, quality.md). 0: no bound.
     base_max_epochs: float = 0.0
+    # Cascade: after training, this many volumes per class are sampled (fixed seeds) to fit one monotone intensity
+    # curve from their pooled quantiles to the training volumes'; every sample goes through it (a smoothing
+    # detail model raises the lungs' median HU; models/calibration.py, docs/quality.md). 0: off.
+    calibration_samples: int = 0
 
 
 @dataclass

@@ -54,6 +54,7 @@ from ..config import DiffusionConfig
 from ..errors import CTSynthError
 from . import check_levels
 from .autoencoder import crop_to, pad_to_multiple
+from .calibration import QuantileMap
 from .diffusion import (build_unet, per_sample_mse, sample_latents, standardise, training_draws,
                         training_loss_per_sample, unstandardise)
 from .wavelet import HaarTransform
@@ -225,6 +226,9 @@ class WaveletCascade(torch.nn.Module):
         self.register_buffer("low_stats", torch.stack([torch.zeros(levels, 1), torch.ones(levels, 1)]))
         self.register_buffer("detail_stats", torch.stack([torch.zeros(levels, DETAIL_BANDS),
                                                           torch.ones(levels, DETAIL_BANDS)]))
+        # the output's intensity transfer curve (diffusion.calibration_samples; fitted after training, else the
+        # identity): models/calibration.py
+        self.calibration = QuantileMap()
 
     @property
     def multiple(self) -> int:
@@ -384,7 +388,26 @@ class WaveletCascade(torch.nn.Module):
                                  labels.device)
         band = sample_latents(self.base, scheduler, start, labels, self.null_label, guidance, steps, tuple(grid))
         low = self._from_base_band(band)
-        return crop_to(self.add_details(low, self.detail_levels, scheduler, generators, labels, steps), image_shape)
+        made = crop_to(self.add_details(low, self.detail_levels, scheduler, generators, labels, steps), image_shape)
+        return self.calibration(made)
+
+    @torch.no_grad()
+    def fit_calibration(self, images: torch.Tensor, per_class: int, n_labels: int, scheduler, guidance: float,
+                        steps: int, seed: int, batch_size: int = 4) -> None:
+        """Fit :attr:`calibration` on ``per_class`` volumes of each of the ``n_labels`` classes, sampled as
+        :meth:`sample` does (uncalibrated; sample ``i`` of class ``c`` seeded from ``(seed, c, i)``), against the
+        training volumes ``images`` ``(n, 1, z, y, x)``, cropped to the sampled shape."""
+        self.calibration.fitted.fill_(False)
+        shape = tuple(images.shape[-3:])
+        device = self.low_stats.device
+        made = []
+        for c in range(n_labels):
+            for start in range(0, per_class, batch_size):
+                idx = range(start, min(per_class, start + batch_size))
+                gens = [torch.Generator().manual_seed(int(seed) * 1_000_003 + 10_007 * c + i) for i in idx]
+                labels = torch.full((len(idx),), c, dtype=torch.long, device=device)
+                made.append(self.sample(scheduler, gens, labels, guidance, steps, shape).cpu())
+        self.calibration.fit(torch.cat(made), images)
 
     @torch.no_grad()
     def add_details(self, low: torch.Tensor, level: int, scheduler, generators: list[torch.Generator],

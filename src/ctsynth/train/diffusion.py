@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from ..checkpoint import save_weights, write_safetensors
 from ..config import Config, DiffusionConfig, TrainConfig
 from ..errors import CTSynthError
-from ..models.autoencoder import downsampling_factor, encode_volume, pad_to_multiple
+from ..models.autoencoder import crop_to, downsampling_factor, encode_volume, pad_to_multiple
 from ..models import build_diffusion_model
 from ..models.cascade import DetailCritics
 from ..models.diffusion import (build_scheduler, pad_latents, standardise, training_draws, training_loss,
@@ -77,6 +77,16 @@ def training_images(config: Config, prep_dir: Path, entries: list[dict]) -> dict
     return {"latents": images.float(), "labels": labels}
 
 
+def fit_calibration(model, config: Config, images: torch.Tensor) -> None:
+    """Fit a cascade's output calibration (``diffusion.calibration_samples`` volumes per class, the config's
+    guidance and steps, seeded by ``train.seed``) against the training volumes ``images`` (as
+    :func:`training_images` gives them): what the stage does after training, and the quality benchmark for
+    an earlier checkpoint's weights."""
+    cfg = config.diffusion
+    model.fit_calibration(crop_to(images, tuple(config.data.shape)), cfg.calibration_samples, len(config.data.labels),
+                          build_scheduler(cfg), cfg.guidance, cfg.sample_steps, config.train.seed)
+
+
 def accumulate_gradients(fabric, unet, scheduler, latents: torch.Tensor, labels: torch.Tensor, step: int,
                          cfg: DiffusionConfig, tcfg: TrainConfig, null_label: int, poison: bool = False,
                          critics=None) -> float:
@@ -122,6 +132,10 @@ class DiffusionStage(Stage):
         self.cfg, self.tcfg = config.diffusion, config.train
         self.steps, self.lr = self.cfg.steps, self.cfg.lr
         self.null_label = len(config.data.labels)
+        if self.cfg.calibration_samples < 0 or (self.cfg.calibration_samples and not self.cfg.cascade):
+            raise CTSynthError(f"diffusion.calibration_samples ({self.cfg.calibration_samples}) needs "
+                               "diffusion.cascade: true and a count of at least 0",
+                               fix="set it to 0, or to a few volumes per class (e.g. 8) with the cascade")
 
     def load_data(self, fabric) -> None:
         if self.cfg.cascade:
@@ -183,6 +197,8 @@ class DiffusionStage(Stage):
 
     def finish(self, step: int, train_seconds: float) -> None:
         stage_dir = self.run_dir / STAGE
+        if self.cfg.calibration_samples > 0:  # the EMA weights are what sampling uses
+            fit_calibration(self.ema, self.config, self.latents)
         save_weights(stage_dir / "model.safetensors", {"unet": self.unet.module.state_dict(),
                                                        "ema": self.ema.state_dict()})
         write_json(stage_dir / "done.json", {
