@@ -4,7 +4,7 @@ forecast model's bias).
 
 Why: a detail model that predicts a conditional mean (or median) smooths what the band below does not decide.
 Smoothing keeps the block means but not the histogram: thin bright vessels smeared into the dark parenchyma
-raise its median (+25 HU of the +32 HU the recorded benchmark run's lungs were off), soft tissue and bone
+raise its median (+25 HU of the +32 HU the lungs of the benchmark run before it were off), soft tissue and bone
 blur into each other (docs/quality.md). One monotone curve, the same for every volume and class, puts each
 intensity quantile of the model's output back where the training set has it. It moves no edge and adds no
 texture; it changes only which value a voxel of a given rank takes, so a volume's anatomy, its class and its
