@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -70,21 +71,18 @@ def make_config(args: argparse.Namespace):
     return config
 
 
-def checkpoint_generator(run: Path, ckpt: Path, prep: Path):
+def checkpoint_generator(run: Path, ckpt: Path, train_images):
     """A ``Generator`` of the finished run with the EMA weights of one of its checkpoints; with
-    ``diffusion.calibration_samples`` its calibration fitted as training's end would have (checkpoints are
-    saved before it)."""
+    ``diffusion.calibration_samples`` its calibration fitted on ``train_images()`` (the training volumes) as
+    training's end would have (checkpoints are saved before it)."""
     from ctsynth.checkpoint import load_weights
     from ctsynth.generate import Generator
-    from ctsynth.train import check_cache
-    from ctsynth.train.diffusion import fit_calibration, training_images
+    from ctsynth.train.diffusion import fit_calibration
 
     generator = Generator.load(run)
     generator.unet.load_state_dict(load_weights(ckpt / "weights.safetensors")["ema"])
-    config = generator.config
-    if config.diffusion.calibration_samples > 0:
-        images = training_images(config, prep, check_cache(prep, config)["train"])["latents"]
-        fit_calibration(generator.unet, config, images)
+    if generator.config.diffusion.calibration_samples > 0:
+        fit_calibration(generator.unet, generator.config, train_images())
     return generator
 
 
@@ -246,6 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     ckpts = sorted((run / "diffusion").glob("ckpt-*"))
     final_step = json.loads((run / "diffusion" / "done.json").read_text())["step"]
     curve = []
+
+    @functools.cache
+    def train_images():  # read once, for every checkpoint's calibration
+        from ctsynth.train import check_cache
+        from ctsynth.train.diffusion import training_images
+
+        return training_images(config, prep, check_cache(prep, config)["train"])["latents"]
+
     for ckpt in ckpts:
         step = int(ckpt.name.split("-")[1])
         if step == final_step:
@@ -255,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from ctsynth.evaluate.pipeline import summarise_items
 
-            items = synthetic_items(checkpoint_generator(run, ckpt, prep), args.curve_samples, "synthetic", batch=10)
+            items = synthetic_items(checkpoint_generator(run, ckpt, train_images), args.curve_samples, "synthetic",
+                                    batch=10)
             synth = summarise_items(items, grid, None, progress=lambda m: None)
         point = curve_point(real + synth, grid, options)
         seconds = json.loads((ckpt / "state.json").read_text()).get("train_seconds", float("nan"))

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from ctsynth.errors import CTSynthError
 from ctsynth.models.calibration import QuantileMap, quantiles
-from ctsynth.models.cascade import WaveletCascade
+from ctsynth.models.cascade import WaveletCascade, calibration_generators
 from ctsynth.models.diffusion import build_scheduler
 from ctsynth.train import train
 from test_cascade import CPU, cascade_config
@@ -81,9 +81,9 @@ def test_a_tiny_cascade_fits_its_calibration_after_training_and_samples_through_
                                                                                             :shape[2]]
 
     def the_fit_s_volumes() -> torch.Tensor:  # fit_calibration's draws: sample i of class c seeded (seed, c, i)
-        return torch.cat([model.sample(build_scheduler(cfg), [torch.Generator().manual_seed(
-            config.train.seed * 1_000_003 + 10_007 * c + i) for i in range(3)], torch.full((3,), c), cfg.guidance,
-            cfg.sample_steps, shape) for c in range(2)]).flatten()
+        return torch.cat([model.sample(build_scheduler(cfg), calibration_generators(config.train.seed, c, range(3)),
+                                       torch.full((3,), c), cfg.guidance, cfg.sample_steps, shape)
+                          for c in range(2)]).flatten()
 
     q = torch.linspace(0.05, 0.95, 19)
     wanted = torch.quantile(images.flatten(), q)

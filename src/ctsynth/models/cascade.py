@@ -163,6 +163,12 @@ def per_sample_noise(generators: list[torch.Generator], channels: int, shape: li
     return torch.cat([torch.randn((1, channels, *shape), generator=g, device=g.device).to(device) for g in generators])
 
 
+def calibration_generators(seed: int, label: int, indices) -> list[torch.Generator]:
+    """The generators of :meth:`WaveletCascade.fit_calibration`'s samples ``indices`` of class ``label``: seeded
+    from ``(seed, label, index)``, apart from the seeds ``ctsynth generate`` uses (``seed + index``)."""
+    return [torch.Generator().manual_seed(int(seed) * 1_000_003 + 10_007 * int(label) + int(i)) for i in indices]
+
+
 def _padded(shape: list[int], m: int) -> list[int]:
     return [-(-n // m) * m for n in shape]
 
@@ -404,7 +410,7 @@ class WaveletCascade(torch.nn.Module):
         for c in range(n_labels):
             for start in range(0, per_class, batch_size):
                 idx = range(start, min(per_class, start + batch_size))
-                gens = [torch.Generator().manual_seed(int(seed) * 1_000_003 + 10_007 * c + i) for i in idx]
+                gens = calibration_generators(seed, c, idx)
                 labels = torch.full((len(idx),), c, dtype=torch.long, device=device)
                 made.append(self.sample(scheduler, gens, labels, guidance, steps, shape).cpu())
         self.calibration.fit(torch.cat(made), images)
