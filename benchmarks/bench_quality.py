@@ -73,16 +73,16 @@ def make_config(args: argparse.Namespace):
 
 def checkpoint_generator(run: Path, ckpt: Path, train_images):
     """A ``Generator`` of the finished run with the EMA weights of one of its checkpoints; with
-    ``diffusion.calibration_samples`` its calibration fitted on ``train_images()`` (the training volumes) as
-    training's end would have (checkpoints are saved before it)."""
+    a cascade, what training's end fits (residual banks, calibration) fitted on ``train_images()`` (the training
+    data) as it would have (checkpoints are saved before it)."""
     from ctsynth.checkpoint import load_weights
     from ctsynth.generate import Generator
-    from ctsynth.train.diffusion import fit_calibration
+    from ctsynth.train.diffusion import fit_after_training
 
     generator = Generator.load(run)
     generator.unet.load_state_dict(load_weights(ckpt / "weights.safetensors")["ema"])
-    if generator.config.diffusion.calibration_samples > 0:
-        fit_calibration(generator.unet, generator.config, train_images())
+    if generator.config.diffusion.cascade:
+        fit_after_training(generator.unet, generator.config, train_images())
     return generator
 
 
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         from ctsynth.train import check_cache
         from ctsynth.train.diffusion import training_images
 
-        return training_images(config, prep, check_cache(prep, config)["train"])["latents"]
+        return training_images(config, prep, check_cache(prep, config)["train"])
 
     for ckpt in ckpts:
         step = int(ckpt.name.split("-")[1])

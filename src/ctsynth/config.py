@@ -102,6 +102,10 @@ class DiffusionConfig:
     # levels 1). The conditional mean lacks the energy of what the band below does not decide (vessels, edges'
     # exact place); a gain restores part of it, like unsharp masking per wavelet level (docs/quality.md).
     detail_gain: tuple[float, ...] = ()
+    # regression, at sampling: each level's bands plus this times a residual drawn per block from a bank of the
+    # detail model's residuals on the training volumes, fitted after training (level 1 first; missing levels 0:
+    # none). What the conditional mean leaves out, with real blocks' sparsity (models/residuals.py).
+    detail_residuals: tuple[float, ...] = ()
     # regression: weight of a conditional patch critic's least-squares adversarial loss on each level's bands
     # (pix2pix / SRGAN: the mean alone smears what the band below does not decide); 0: off
     detail_adv_weight: float = 0.0

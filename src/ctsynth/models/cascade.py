@@ -57,9 +57,11 @@ from .autoencoder import crop_to, pad_to_multiple
 from .calibration import QuantileMap
 from .diffusion import (build_unet, per_sample_mse, sample_latents, standardise, training_draws,
                         training_loss_per_sample, unstandardise)
+from .residuals import ResidualBank
 from .wavelet import HaarTransform
 
 DETAIL_BANDS = 7
+RESIDUAL_VOLUMES = 64  # training volumes behind the residual banks (evenly spaced): enough blocks, bounded time
 DETAIL_OBJECTIVES = ("regression", "gaussian", "energy", "flow")
 LOGVAR_RANGE = (-12.0, 4.0)  # the gaussian details' log-variance (standardised units), clamped for stability
 
@@ -208,7 +210,8 @@ class WaveletCascade(torch.nn.Module):
         if cfg.detail_objective not in DETAIL_OBJECTIVES:
             raise CTSynthError(f"unknown diffusion.detail_objective '{cfg.detail_objective}'",
                                fix=f"use one of {list(DETAIL_OBJECTIVES)}")
-        for name, on in (("detail_adv_weight", cfg.detail_adv_weight > 0), ("detail_gain", bool(cfg.detail_gain))):
+        for name, on in (("detail_adv_weight", cfg.detail_adv_weight > 0), ("detail_gain", bool(cfg.detail_gain)),
+                         ("detail_residuals", any(cfg.detail_residuals))):
             if on and cfg.detail_objective != "regression":  # options of the conditional mean: not silently ignored
                 raise CTSynthError(f"diffusion.{name} works with detail_objective: regression, got "
                                    f"'{cfg.detail_objective}'",
@@ -217,6 +220,10 @@ class WaveletCascade(torch.nn.Module):
             raise CTSynthError(f"diffusion.detail_gain must hold at most {levels} positive numbers (one per Haar "
                                f"level, the finest first), got {list(cfg.detail_gain)}",
                                fix="e.g. detail_gain: [1.3, 1.0], or leave it out (1 everywhere)")
+        if len(cfg.detail_residuals) > levels or any(not r >= 0 for r in cfg.detail_residuals):
+            raise CTSynthError(f"diffusion.detail_residuals must hold at most {levels} numbers >= 0 (one per Haar "
+                               f"level, the finest first), got {list(cfg.detail_residuals)}",
+                               fix="e.g. detail_residuals: [0.6], or leave it out (none)")
         if not 1 <= levels <= 3:
             raise CTSynthError(f"diffusion.cascade needs autoencoder.haar_levels between 1 and 3, got {levels}",
                                fix="use 2 or 3 (the base grid is 1/4 or 1/8 of the volume per axis)")
@@ -235,6 +242,11 @@ class WaveletCascade(torch.nn.Module):
         # the output's intensity transfer curve (diffusion.calibration_samples; fitted after training, else the
         # identity): models/calibration.py
         self.calibration = QuantileMap()
+        # the residual banks of the levels with diffusion.detail_residuals > 0 (fitted after training, else they
+        # draw zeros): models/residuals.py
+        self.residual_banks = torch.nn.ModuleDict({str(level): ResidualBank(DETAIL_BANDS)
+                                                   for level in range(1, self.detail_levels + 1)
+                                                   if self.detail_residual(level) > 0})
 
     @property
     def multiple(self) -> int:
@@ -373,6 +385,32 @@ class WaveletCascade(torch.nn.Module):
         it at sampling, in standardised units (the bands' means are about 0, so the scale is of the bands)."""
         return self.cfg.detail_gain[level - 1] if level <= len(self.cfg.detail_gain) else 1.0
 
+    def detail_residual(self, level: int) -> float:
+        """``diffusion.detail_residuals`` of ``level`` (0 where the list stops): the scale of the residual drawn
+        from the level's bank, in standardised units."""
+        return self.cfg.detail_residuals[level - 1] if level <= len(self.cfg.detail_residuals) else 0.0
+
+    @torch.no_grad()
+    def fit_residuals(self, images: torch.Tensor, labels: torch.Tensor, seed: int, batch_size: int = 8) -> None:
+        """Fit the residual bank of every level with ``detail_residuals`` > 0 on the training volumes ``images``
+        ``(n, 1, z, y, x)`` (every axis a multiple of :attr:`multiple`; at most :data:`RESIDUAL_VOLUMES` of
+        them, evenly spaced, are used) and their ``labels``: the level's model predicts each volume's bands from
+        its true band below, as sampling would."""
+        keep = torch.linspace(0, images.shape[0] - 1, min(images.shape[0], RESIDUAL_VOLUMES)).round().long()
+        images, labels = images[keep], labels[keep]
+        device = self.low_stats.device
+        _, lows, details = pyramid(images.double(), self.levels)
+        for name, bank in self.residual_banks.items():
+            level = int(name)
+            cond = self._low(lows[level - 1].float(), level)
+            grid = tuple(cond.shape[-3:])
+            mean = torch.cat([crop_to(self._regress(level, pad_to_multiple(cond[k:k + batch_size].to(device),
+                                                                            self._detail_multiple(), 0.0)[0],
+                                                    labels[k:k + batch_size].to(device)), grid).cpu()
+                              for k in range(0, cond.shape[0], batch_size)])
+            bank.fit(cond, mean, self._detail(details[level - 1].float(), level),
+                     torch.Generator().manual_seed(seed + level))
+
     def _regress(self, level: int, cond: torch.Tensor, labels: torch.Tensor,
                  eps: torch.Tensor | None = None) -> torch.Tensor:
         """The one-pass objectives: the detail UNet at t = 0 with zeros for its noisy input (the bands' mean,
@@ -427,7 +465,11 @@ class WaveletCascade(torch.nn.Module):
             grid = list(low.shape[-3:])
             cond = pad_to_multiple(self._low(low, level), m, 0.0)[0]
             if self.cfg.detail_objective == "regression":
-                z = crop_to(self._regress(level, cond, labels), tuple(grid)) * self.detail_gain(level)
+                mean = self._regress(level, cond, labels)
+                z = mean * self.detail_gain(level)
+                if self.detail_residual(level) > 0:
+                    z = z + self.detail_residual(level) * self.residual_banks[str(level)].draw(cond, mean, generators)
+                z = crop_to(z, tuple(grid))
             else:
                 eps = per_sample_noise(generators, DETAIL_BANDS, _padded(grid, m), device)
                 if self.cfg.detail_objective == "energy":

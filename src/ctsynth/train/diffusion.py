@@ -77,14 +77,19 @@ def training_images(config: Config, prep_dir: Path, entries: list[dict]) -> dict
     return {"latents": images.float(), "labels": labels}
 
 
-def fit_calibration(model, config: Config, images: torch.Tensor) -> None:
-    """Fit a cascade's output calibration (``diffusion.calibration_samples`` volumes per class, the config's
-    guidance and steps, seeded by ``train.seed``) against the training volumes ``images`` (as
-    :func:`training_images` gives them): what the stage does after training, and the quality benchmark for
-    an earlier checkpoint's weights."""
+def fit_after_training(model, config: Config, data: dict) -> None:
+    """What a cascade fits after training, on the weights that sample (the EMA's) and the training data ``data``
+    (as :func:`training_images` gives it): first the residual banks (``diffusion.detail_residuals``, on the
+    training volumes), then the output calibration (``diffusion.calibration_samples`` volumes per class, the
+    config's guidance and steps, seeded by ``train.seed``; its samples draw from the banks). The training stage
+    calls it at its end, the quality benchmark for an earlier checkpoint's weights."""
     cfg = config.diffusion
-    model.fit_calibration(crop_to(images, tuple(config.data.shape)), cfg.calibration_samples, len(config.data.labels),
-                          build_scheduler(cfg), cfg.guidance, cfg.sample_steps, config.train.seed)
+    if any(cfg.detail_residuals):
+        model.fit_residuals(data["latents"], data["labels"], config.train.seed)
+    if cfg.calibration_samples > 0:
+        model.fit_calibration(crop_to(data["latents"], tuple(config.data.shape)), cfg.calibration_samples,
+                              len(config.data.labels), build_scheduler(cfg), cfg.guidance, cfg.sample_steps,
+                              config.train.seed)
 
 
 def accumulate_gradients(fabric, unet, scheduler, latents: torch.Tensor, labels: torch.Tensor, step: int,
@@ -136,6 +141,9 @@ class DiffusionStage(Stage):
             raise CTSynthError(f"diffusion.calibration_samples ({self.cfg.calibration_samples}) needs "
                                "diffusion.cascade: true and a count of at least 0",
                                fix="set it to 0, or to a few volumes per class (e.g. 8) with the cascade")
+        if any(self.cfg.detail_residuals) and not self.cfg.cascade:
+            raise CTSynthError(f"diffusion.detail_residuals ({list(self.cfg.detail_residuals)}) needs "
+                               "diffusion.cascade: true", fix="leave detail_residuals out, or use the cascade")
 
     def load_data(self, fabric) -> None:
         if self.cfg.cascade:
@@ -197,8 +205,8 @@ class DiffusionStage(Stage):
 
     def finish(self, step: int, train_seconds: float) -> None:
         stage_dir = self.run_dir / STAGE
-        if self.cfg.calibration_samples > 0:  # the EMA weights are what sampling uses
-            fit_calibration(self.ema, self.config, self.latents)
+        if self.cfg.cascade:  # the EMA weights are what sampling uses
+            fit_after_training(self.ema, self.config, {"latents": self.latents, "labels": self.labels})
         save_weights(stage_dir / "model.safetensors", {"unet": self.unet.module.state_dict(),
                                                        "ema": self.ema.state_dict()})
         write_json(stage_dir / "done.json", {
