@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import torch
 
-QUANTILES = 101  # 1% steps: a smooth curve that a few volumes per class pin down
+# 0.1% steps: millions of voxels pin each one down, and 1% steps were too coarse where the histogram has a gap
+# (outside air below -980 HU, lungs above -920: knots at 3% and 4% straddled it, and the samples' border voxels
+# were spread across it, darkening the lungs' tail; docs/quality.md)
+QUANTILES = 1001
 MAX_VALUES = 8_000_000  # values drawn (evenly strided) from each side for its quantiles
 
 
@@ -60,6 +63,11 @@ class QuantileMap(torch.nn.Module):
         # weights saved before the calibration existed load unfitted (the identity), not as an error
         for name, buffer in QuantileMap(self.source.numel())._buffers.items():
             state_dict.setdefault(prefix + name, buffer)
+        # a curve saved with another number of knots (101 before 2026-12-05) loads as it was fitted
+        for name in ("source", "target"):
+            saved = state_dict[prefix + name]
+            if saved.shape != self._buffers[name].shape:
+                self._buffers[name] = torch.empty_like(saved, device=self._buffers[name].device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

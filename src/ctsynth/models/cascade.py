@@ -61,7 +61,8 @@ from .residuals import ResidualBank
 from .wavelet import HaarTransform
 
 DETAIL_BANDS = 7
-RESIDUAL_VOLUMES = 64  # training volumes behind the residual banks (evenly spaced): enough blocks, bounded time
+RESIDUAL_VOLUMES = 64  # training volumes behind a residual bank (evenly spaced) ...
+RESIDUAL_BLOCKS = 65_536  # ... and blocks of each (a 32 x 96 x 144 crop has 55,296 at level 1): bounded memory
 DETAIL_OBJECTIVES = ("regression", "gaussian", "energy", "flow")
 LOGVAR_RANGE = (-12.0, 4.0)  # the gaussian details' log-variance (standardised units), clamped for stability
 
@@ -391,25 +392,31 @@ class WaveletCascade(torch.nn.Module):
         return self.cfg.detail_residuals[level - 1] if level <= len(self.cfg.detail_residuals) else 0.0
 
     @torch.no_grad()
-    def fit_residuals(self, images: torch.Tensor, labels: torch.Tensor, seed: int, batch_size: int = 8) -> None:
+    def fit_residuals(self, images: torch.Tensor, labels: torch.Tensor, seed: int, batch_size: int = 4) -> None:
         """Fit the residual bank of every level with ``detail_residuals`` > 0 on the training volumes ``images``
-        ``(n, 1, z, y, x)`` (every axis a multiple of :attr:`multiple`; at most :data:`RESIDUAL_VOLUMES` of
-        them, evenly spaced, are used) and their ``labels``: the level's model predicts each volume's bands from
-        its true band below, as sampling would."""
+        ``(n, 1, z, y, x)`` (every axis a multiple of :attr:`multiple`) and their ``labels``: the level's model
+        predicts each volume's bands from its true band below, as sampling would. At most
+        :data:`RESIDUAL_VOLUMES` volumes (evenly spaced) and :data:`RESIDUAL_BLOCKS` blocks of each (a seeded
+        random choice) take part, so memory stays bounded at any volume size."""
         keep = torch.linspace(0, images.shape[0] - 1, min(images.shape[0], RESIDUAL_VOLUMES)).round().long()
-        images, labels = images[keep], labels[keep]
         device = self.low_stats.device
-        _, lows, details = pyramid(images.double(), self.levels)
         for name, bank in self.residual_banks.items():
             level = int(name)
-            cond = self._low(lows[level - 1].float(), level)
-            grid = tuple(cond.shape[-3:])
-            mean = torch.cat([crop_to(self._regress(level, pad_to_multiple(cond[k:k + batch_size].to(device),
-                                                                            self._detail_multiple(), 0.0)[0],
-                                                    labels[k:k + batch_size].to(device)), grid).cpu()
-                              for k in range(0, cond.shape[0], batch_size)])
-            bank.fit(cond, mean, self._detail(details[level - 1].float(), level),
-                     torch.Generator().manual_seed(seed + level))
+            gen = torch.Generator().manual_seed(seed + level)
+            blocks = []  # (cond, mean, target) of the chosen blocks, (blocks, channels) each
+            for k in range(0, len(keep), batch_size):
+                idx = keep[k:k + batch_size]
+                _, lows, details = pyramid(images[idx].to(device), level)
+                cond = self._low(lows[level - 1], level)
+                mean = crop_to(self._regress(level, pad_to_multiple(cond, self._detail_multiple(), 0.0)[0],
+                                             labels[idx].to(device)), tuple(cond.shape[-3:]))
+                found = [t.movedim(1, -1).reshape(len(idx), -1, t.shape[1])
+                         for t in (cond, mean, self._detail(details[level - 1], level))]
+                n = found[0].shape[1]
+                pick = torch.stack([torch.randperm(n, generator=gen)[:RESIDUAL_BLOCKS] for _ in idx]).to(device)
+                blocks.append([torch.gather(t, 1, pick[..., None].expand(-1, -1, t.shape[-1])).reshape(-1, t.shape[-1])
+                               for t in found])
+            bank.fit(*(torch.cat(parts) for parts in zip(*blocks)), gen)
 
     def _regress(self, level: int, cond: torch.Tensor, labels: torch.Tensor,
                  eps: torch.Tensor | None = None) -> torch.Tensor:

@@ -4,7 +4,7 @@ volumes, binned by what the model knows at a block, from which sampling draws on
 
 Why: a detail model trained by regression predicts each 2 x 2 x 2 block's conditional mean. Where the band
 below does not decide the detail, such as a thin vessel's place inside its block, the mean smears it. The
-finest level's prediction carries about half of the bands' energy (rms 0.77 against 0.99 in standardised
+finest level's prediction carries about 60% of the bands' energy (rms 0.77 against 0.99 in standardised
 units on the benchmark's crops; the residual's rms is 0.70). The result is lungs without their voxel-scale
 texture: GLCM contrast and gradients 2-3 sd below the training crops' (docs/quality.md). Noise of the right
 variance was tried and is wrong in kind. Gaussian noise, per voxel or with the residual's power spectrum,
@@ -14,7 +14,7 @@ shape and the sparsity of a real block's missing detail. Blocks are drawn indepe
 continuity from one block to the next is not modelled. A sampled detail model would model it, but at CPU
 budgets every one tried was noise.
 
-The condition of a draw is two numbers per block, binned at the training residuals' quantiles: the band's own
+The condition of a draw is two numbers per block, binned at the training blocks' quantiles: the band's own
 value (tissue: air, lung, soft tissue, bone), and the log energy of the model's prediction (a flat region, or
 an edge). A draw comes from the same bin. The bank is fitted after training on the EMA model and the training
 volumes. It keeps at most ``per_bin`` residual blocks a bin, chosen at random (seeded), without their
@@ -53,16 +53,18 @@ class ResidualBank(torch.nn.Module):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     def bins(self, cond: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """Each block's bin ``(b, *grid)`` from the band ``cond`` ``(b, 1, *grid)`` and the prediction ``mean``."""
+        """Each block's bin ``(b, *grid)`` from the band ``cond`` ``(b, 1, *grid)`` and the prediction ``mean``
+        ``(b, channels, *grid)``; blocks listed flat (``(n, 1)`` and ``(n, channels)``) give ``(n,)``."""
         v = torch.bucketize(cond[:, 0].float().contiguous(), self.value_edges.float())
         e = torch.bucketize(block_energy(mean).contiguous(), self.energy_edges.float())
         return v * ENERGY_BINS + e
 
     @torch.no_grad()
     def fit(self, cond: torch.Tensor, mean: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> None:
-        """Fit on training volumes: their band ``cond`` ``(n, 1, *grid)``, the model's prediction ``mean`` and the
-        true bands ``target`` (``(n, channels, *grid)`` both). Edges at the quantiles of the blocks' values and
-        energies; then at most ``per_bin`` residuals ``target - mean`` of each bin, a random choice."""
+        """Fit on training blocks: their band ``cond`` ``(n, 1, *grid)``, the model's prediction ``mean`` and the
+        true bands ``target`` (``(n, channels, *grid)`` both; or flat, ``(blocks, 1)`` and ``(blocks, channels)``).
+        Edges at the quantiles of the blocks' values and energies; then at most ``per_bin`` residuals
+        ``target - mean`` of each bin, a random choice."""
         per_bin, channels = self.residuals.shape[1:]
         cond, mean, target = (t.to(self.residuals.device) for t in (cond, mean, target))
         levels = lambda k: torch.linspace(0, 1, k + 1)[1:-1]
