@@ -172,6 +172,11 @@ def calibration_generators(seed: int, label: int, indices) -> list[torch.Generat
     return [torch.Generator().manual_seed(int(seed) * 1_000_003 + 10_007 * int(label) + int(i)) for i in indices]
 
 
+def _of_level(values: tuple[float, ...], level: int, default: float) -> float:
+    """A per-level option's value at ``level`` (the list starts at level 1, the finest), ``default`` past its end."""
+    return values[level - 1] if level <= len(values) else default
+
+
 def _padded(shape: list[int], m: int) -> list[int]:
     return [-(-n // m) * m for n in shape]
 
@@ -217,14 +222,14 @@ class WaveletCascade(torch.nn.Module):
                 raise CTSynthError(f"diffusion.{name} works with detail_objective: regression, got "
                                    f"'{cfg.detail_objective}'",
                                    fix=f"leave {name} out or use detail_objective: regression")
-        if len(cfg.detail_gain) > levels or any(not g > 0 for g in cfg.detail_gain):
-            raise CTSynthError(f"diffusion.detail_gain must hold at most {levels} positive numbers (one per Haar "
-                               f"level, the finest first), got {list(cfg.detail_gain)}",
-                               fix="e.g. detail_gain: [1.3, 1.0], or leave it out (1 everywhere)")
-        if len(cfg.detail_residuals) > levels or any(not r >= 0 for r in cfg.detail_residuals):
-            raise CTSynthError(f"diffusion.detail_residuals must hold at most {levels} numbers >= 0 (one per Haar "
-                               f"level, the finest first), got {list(cfg.detail_residuals)}",
-                               fix="e.g. detail_residuals: [0.6], or leave it out (none)")
+        for name, values, ok, kind, fix in (
+                ("detail_gain", cfg.detail_gain, lambda g: g > 0, "positive numbers",
+                 "e.g. detail_gain: [1.3, 1.0], or leave it out (1 everywhere)"),
+                ("detail_residuals", cfg.detail_residuals, lambda r: r >= 0, "numbers >= 0",
+                 "e.g. detail_residuals: [0.6], or leave it out (none)")):
+            if len(values) > levels or not all(ok(v) for v in values):
+                raise CTSynthError(f"diffusion.{name} must hold at most {levels} {kind} (one per Haar level, the "
+                                   f"finest first), got {list(values)}", fix=fix)
         if not 1 <= levels <= 3:
             raise CTSynthError(f"diffusion.cascade needs autoencoder.haar_levels between 1 and 3, got {levels}",
                                fix="use 2 or 3 (the base grid is 1/4 or 1/8 of the volume per axis)")
@@ -384,12 +389,12 @@ class WaveletCascade(torch.nn.Module):
     def detail_gain(self, level: int) -> float:
         """``diffusion.detail_gain`` of ``level`` (1 where the list stops): the regression's bands are scaled by
         it at sampling, in standardised units (the bands' means are about 0, so the scale is of the bands)."""
-        return self.cfg.detail_gain[level - 1] if level <= len(self.cfg.detail_gain) else 1.0
+        return _of_level(self.cfg.detail_gain, level, 1.0)
 
     def detail_residual(self, level: int) -> float:
         """``diffusion.detail_residuals`` of ``level`` (0 where the list stops): the scale of the residual drawn
         from the level's bank, in standardised units."""
-        return self.cfg.detail_residuals[level - 1] if level <= len(self.cfg.detail_residuals) else 0.0
+        return _of_level(self.cfg.detail_residuals, level, 0.0)
 
     @torch.no_grad()
     def fit_residuals(self, images: torch.Tensor, labels: torch.Tensor, seed: int, batch_size: int = 4) -> None:

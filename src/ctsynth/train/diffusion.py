@@ -137,13 +137,14 @@ class DiffusionStage(Stage):
         self.cfg, self.tcfg = config.diffusion, config.train
         self.steps, self.lr = self.cfg.steps, self.cfg.lr
         self.null_label = len(config.data.labels)
-        if self.cfg.calibration_samples < 0 or (self.cfg.calibration_samples and not self.cfg.cascade):
-            raise CTSynthError(f"diffusion.calibration_samples ({self.cfg.calibration_samples}) needs "
-                               "diffusion.cascade: true and a count of at least 0",
-                               fix="set it to 0, or to a few volumes per class (e.g. 8) with the cascade")
-        if any(self.cfg.detail_residuals) and not self.cfg.cascade:
-            raise CTSynthError(f"diffusion.detail_residuals ({list(self.cfg.detail_residuals)}) needs "
-                               "diffusion.cascade: true", fix="leave detail_residuals out, or use the cascade")
+        if self.cfg.calibration_samples < 0:
+            raise CTSynthError(f"diffusion.calibration_samples must be at least 0, got {self.cfg.calibration_samples}",
+                               fix="set it to 0, or to a few volumes per class (e.g. 8)")
+        for name, on in (("calibration_samples", self.cfg.calibration_samples > 0),
+                         ("detail_residuals", any(self.cfg.detail_residuals))):
+            if on and not self.cfg.cascade:  # fitted after training by the cascade alone: not silently ignored
+                raise CTSynthError(f"diffusion.{name} ({getattr(self.cfg, name)}) needs diffusion.cascade: true",
+                                   fix=f"leave {name} out, or use the cascade")
 
     def load_data(self, fabric) -> None:
         if self.cfg.cascade:
