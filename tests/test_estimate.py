@@ -10,6 +10,7 @@ import pytest
 from ctsynth.cli import main
 from ctsynth.config import load_config
 from ctsynth.estimate import StageMeasure, knob_variants, project, seconds_per_step
+from ctsynth.train import honours_time_budget
 from train_fixtures import make_tiny_cache
 
 
@@ -55,6 +56,11 @@ def test_the_projection_of_a_schedule_and_an_epoch():
     # a stage with nothing to train (the Haar autoencoder) costs nothing
     none = {"autoencoder": StageMeasure("autoencoder", None, None, 2, 1)}
     assert project(config, none, cases=30)["schedule_s"] == 0.0
+    # which stages the budget ends, by name; a name that is no stage is an error, not a super-resolution network
+    assert [honours_time_budget(s) for s in ("autoencoder", "diffusion", "gan", "sr_inplane", "sr_depth")] == \
+        [False, True, True, True, True]
+    with pytest.raises(ValueError, match="no training stage is named 'sr_nowhere'"):
+        honours_time_budget("sr_nowhere")
 
 
 def test_the_knobs_keep_the_samples_per_step():

@@ -92,8 +92,14 @@ def honours_time_budget(stage: str) -> bool:
     from .gan import GanStage
     from .sr import SrStage
 
+    from ..models.sr import AXES
+    from ..runs import sr_stage
+
     kinds = {kind.name: kind for kind in (AutoencoderStage, DiffusionStage, GanStage)}
-    return kinds.get(stage, SrStage).honours_time_budget
+    kinds.update({sr_stage(axis): SrStage for axis in AXES})
+    if stage not in kinds:
+        raise ValueError(f"no training stage is named {stage!r}; stages: {', '.join(sorted(kinds))}")
+    return kinds[stage].honours_time_budget
 
 
 def train(prep_dir: str | Path, config: Config, run_dir: str | Path, launch: LaunchOptions | None = None,
