@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from _evaluate_cohorts import cohort, noise_volume, shifted, summaries
-from ctsynth.evaluate.fidelity import (frechet_distance, matched_scores, median_bandwidth, mmd_rbf, prdc_scores,
+from ctsynth.evaluate.fidelity import (frechet_distance, frechet_terms, matched_scores, median_bandwidth, mmd_rbf, prdc_scores,
                                        standardiser)
 
 
@@ -18,6 +18,12 @@ def test_frechet_distance_of_gaussians_matches_the_formula():
     # FD = |mu|^2 + tr(S1 + S2 - 2 (S1 S2)^1/2) = 1 + 3 * (1 + 4 - 2 * 2) = 4
     assert frechet_distance(a, b) == pytest.approx(4.0, rel=0.1)
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # its two terms: 1 from the means, 3 from the spreads; they add up to MONAI's distance
+    mean, cov = frechet_terms(a, b)
+    assert mean == pytest.approx(1.0, abs=0.1) and cov == pytest.approx(3.0, rel=0.1)
+    assert mean + cov == pytest.approx(frechet_distance(a, b), rel=1e-6)
+    mean, cov = frechet_terms(a, a + np.array([0.0, 2.0, 0.0]))  # a shift alone: all of it in the mean term
+    assert mean == pytest.approx(4.0) and cov == pytest.approx(0.0, abs=1e-6)
 
 
 def test_mmd_and_prdc_on_identical_and_separated_sets():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,8 @@ from ctsynth.models.residuals import ResidualBank
 from ctsynth.train import train
 from test_cascade import CPU, cascade_config
 from train_fixtures import make_tiny_cache
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _two_tissues(n: int = 4, grid=(4, 6, 8)):
@@ -90,7 +94,7 @@ def test_residuals_need_the_cascade(tmp_path):
         train(prep, config, tmp_path / "run", CPU)
 
 
-def test_a_tiny_cascade_fits_its_banks_after_training_and_samples_with_them(tmp_path):
+def test_a_tiny_cascade_fits_its_banks_after_training_and_samples_with_them(tmp_path, capsys):
     """After training the EMA model's bank is fitted and saved (level 1 only: level 2's scale is 0). A real
     volume rebuilt from its true band gets, per block, the model's prediction plus the scale times a residual
     of the bank from that block's bin; the same seed gives the same volume, and a sample does not depend on its
@@ -131,3 +135,17 @@ def test_a_tiny_cascade_fits_its_banks_after_training_and_samples_with_them(tmp_
     b = gen.sample(1, "covid", seed=6, batch_size=1)
     np.testing.assert_allclose(a[1].hu, b[0].hu, rtol=0, atol=0.01)  # a batch's convolutions round differently
     np.testing.assert_array_equal(b[0].hu, gen.sample(1, "covid", seed=6)[0].hu)  # same seed, same volume
+
+    # benchmarks/screen_radiomics.py runs on such a run, samples and true-band rebuilds, so it cannot rot
+    spec = importlib.util.spec_from_file_location("screen_radiomics", ROOT / "benchmarks" / "screen_radiomics.py")
+    screen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(screen)
+    features = tmp_path / "real.npz"
+    for extra in (["--refit"], ["--true-band"]):
+        assert screen.main([str(tmp_path / "run"), str(prep), "--per-class", "2", "--real-features", str(features),
+                            *extra]) == 0
+        out = capsys.readouterr().out
+        table = [line.split("|") for line in out.splitlines() if line.startswith(("| training crops", "| candidate"))]
+        assert len(table) == 2 and all(np.isfinite(float(cell)) for row in table for cell in row[2:5])
+        assert "holds other crops" not in out
+    assert "2 held-out crops rebuilt from their own coarsest band" in out
