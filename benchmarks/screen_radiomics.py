@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     diffusion = dataclasses.replace(gen.config.diffusion, **{k: v for k, v in (("sample_steps", args.steps),
                                                                             ("guidance", args.guidance)) if v is not None})
     gen.config = dataclasses.replace(gen.config, diffusion=diffusion)
-    gen.unet.cfg = diffusion if cascade else gen.unet.cfg
+    if cascade:
+        gen.unet.cfg = diffusion
     items, _, _ = plan_real(args.cache, seed=0, held_out_fraction=EvaluateOptions().held_out_fraction)
     if args.refit:
         from ctsynth.train import check_cache

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from _evaluate_cohorts import cohort, noise_volume, shifted, summaries
-from ctsynth.evaluate.fidelity import (frechet_distance, frechet_terms, matched_scores, median_bandwidth, mmd_rbf, prdc_scores,
-                                       standardiser)
+from ctsynth.evaluate.fidelity import (frechet_distance, frechet_terms, matched_scores, median_bandwidth, mmd_rbf,
+                                       prdc_scores, standardiser)
 
 
 def test_frechet_distance_of_gaussians_matches_the_formula():

@@ -87,13 +87,12 @@ def prepare_run_dir(run_dir: Path, info: dict[str, Any]) -> None:
 def honours_time_budget(stage: str) -> bool:
     """Whether ``train.time_budget_min`` ends the stage named ``stage`` (its Stage class says:
     :attr:`Stage.honours_time_budget`); ``ctsynth estimate`` projects schedules with it."""
+    from ..models.sr import AXES
+    from ..runs import sr_stage
     from .autoencoder import AutoencoderStage
     from .diffusion import DiffusionStage
     from .gan import GanStage
     from .sr import SrStage
-
-    from ..models.sr import AXES
-    from ..runs import sr_stage
 
     kinds = {kind.name: kind for kind in (AutoencoderStage, DiffusionStage, GanStage)}
     kinds.update({sr_stage(axis): SrStage for axis in AXES})
