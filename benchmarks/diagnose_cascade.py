@@ -37,8 +37,9 @@ from ctsynth.models.diffusion import build_scheduler  # noqa: E402
 from ctsynth.preprocess.window import denormalise, normalise  # noqa: E402
 
 
-def rebuild(gen: Generator, volume, level: int, seed: int, steps: int):
-    """``volume`` with its Haar details below ``LL_level`` made by the run's detail models."""
+def rebuild(gen: Generator, volume, level: int, seed: int, steps: int, calibrated: bool = False):
+    """``volume`` with its Haar details below ``LL_level`` made by the run's detail models (and, when
+    ``calibrated``, through the run's output curve, as sampling does)."""
     model = gen.unet
     x = torch.from_numpy(normalise(volume.hu, gen.hu_window)).float()[None, None]
     _, lows, _ = pyramid(x, model.levels)
@@ -46,6 +47,8 @@ def rebuild(gen: Generator, volume, level: int, seed: int, steps: int):
     with torch.no_grad():
         out = model.add_details(lows[level - 1], level, build_scheduler(gen.config.diffusion),
                                 [torch.Generator().manual_seed(seed)], label, steps)
+        if calibrated:
+            out = model.calibration(out)
     return volume.with_hu(denormalise(out[0, 0].numpy(), gen.hu_window))
 
 

@@ -29,6 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from ctsynth.errors import CTSynthError  # noqa: E402
 from ctsynth.evaluate.features import summarise_volume  # noqa: E402
@@ -37,9 +38,7 @@ from ctsynth.evaluate.inputs import plan_real  # noqa: E402
 from ctsynth.evaluate.pipeline import EvaluateOptions  # noqa: E402
 from ctsynth.evaluate.radiomics import FEATURE_NAMES  # noqa: E402
 from ctsynth.generate import Generator  # noqa: E402
-from ctsynth.models.cascade import pyramid  # noqa: E402
-from ctsynth.models.diffusion import build_scheduler  # noqa: E402
-from ctsynth.preprocess.window import denormalise, normalise  # noqa: E402
+from diagnose_cascade import rebuild  # noqa: E402
 
 
 def radiomics(volumes) -> np.ndarray:
@@ -60,25 +59,10 @@ def real_features(items, path: Path | None) -> dict[str, np.ndarray]:
     return out
 
 
-def true_band_rebuilds(gen: Generator, volumes, steps: int) -> list:
-    """Each volume rebuilt from its own coarsest band by the detail models, bank and curve as in sampling."""
-    model = gen.unet
-    out = []
-    for k, volume in enumerate(volumes):
-        x = torch.from_numpy(normalise(volume.hu, gen.hu_window)).float()[None, None]
-        _, lows, _ = pyramid(x, model.levels)
-        label = torch.tensor([gen.label_index(volume.label)])
-        with torch.no_grad():
-            made = model.calibration(model.add_details(lows[-1], model.levels, build_scheduler(gen.config.diffusion),
-                                                       [torch.Generator().manual_seed(k)], label, steps))
-        out.append(volume.with_hu(denormalise(made[0, 0].numpy(), gen.hu_window)))
-    return out
-
-
-def rows(candidate: np.ndarray, real: dict[str, np.ndarray], seed: int = 0) -> list[tuple[str, float, float, float]]:
+def rows(candidate: np.ndarray, real: dict[str, np.ndarray], scale,
+         seed: int = 0) -> list[tuple[str, float, float, float]]:
     """(name, Frechet distance, mean term, covariance term) of the baseline and the candidate against the
-    held-out crops, standardised by the training crops."""
-    scale = standardiser(real["train"])
+    held-out crops, standardised by ``scale`` (the training crops')."""
     held = scale(real["held_out"])
     pick = np.random.default_rng(seed).choice(len(real["train"]), min(len(candidate), len(real["train"])),
                                               replace=False)
@@ -122,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                   check_cache(args.cache, gen.config)["train"]))
     real = real_features(items, args.real_features)
     if args.true_band:
-        volumes = true_band_rebuilds(gen, [i.load() for i in items if i.group == "held_out"], diffusion.sample_steps)
+        volumes = [rebuild(gen, i.load(), gen.unet.levels, k, diffusion.sample_steps, calibrated=True)
+                   for k, i in enumerate(i for i in items if i.group == "held_out")]
         what = f"{len(volumes)} held-out crops rebuilt from their own coarsest band"
     else:
         volumes = [v for k, label in enumerate(gen.config.data.labels)
@@ -132,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{what} against {len(real['held_out'])} held-out crops, radiomics standardised by "
           f"{len(real['train'])} training crops")
     print("| set | Frechet distance | mean term | covariance term |\n|---|---|---|---|")
-    for name, fd, mean, cov in rows(candidate, real):
-        print(f"| {name} | {fd:.1f} | {mean:.1f} | {cov:.1f} |")
     scale = standardiser(real["train"])
+    for name, fd, mean, cov in rows(candidate, real, scale):
+        print(f"| {name} | {fd:.1f} | {mean:.1f} | {cov:.1f} |")
     z, held = scale(candidate), scale(real["held_out"])
     spread = z.std(0) / np.maximum(held.std(0), 1e-12)
     print(f"spread against the held-out crops' (per feature, median): {np.median(spread):.2f}")
