@@ -116,6 +116,9 @@ class DiffusionConfig:
     # Cascade: the base model's training volumes scaled about their centre by a factor in [1 - a, 1 + a], drawn
     # per sample (ctsynth.data.random_zooms); the detail models see them unzoomed. 0: off.
     augment_zoom: float = 0.0
+    # Cascade: each sample's voxel spacing is drawn from the training crops' (per class) and given to the base
+    # model as a condition; generated volumes carry it (models/spacing.py). False: every volume at the median.
+    spacing_condition: bool = False
     # Cascade: the detail models' training volumes mirrored along each enabled axis (z, y, x) with probability
     # 1/2, drawn per sample (ctsynth.data.random_flips); the base model sees them as they are. All off: none.
     augment_detail_flip: tuple[bool, bool, bool] = (False, False, False)

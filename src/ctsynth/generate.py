@@ -121,6 +121,7 @@ class Generator:
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
             labels = torch.full((len(chunk),), cls_index, dtype=torch.long, device=self.device)
+            spacings = [self.spacing_mm] * len(chunk)  # the run's median, unless the model draws each sample's
             with (autocast() if autocast is not None else torch.autocast("cpu", enabled=False)):
                 if self.is_gan:  # z ~ U[0, 1] of sample i from its own generator, seeded seed + i
                     gens = [torch.Generator(device="cpu").manual_seed(seed + i) for i in chunk]
@@ -128,7 +129,10 @@ class Generator:
                     images = crop(self.unet(z, labels if self.config.gan.conditional else None), self.image_shape)
                 elif self.config.diffusion.cascade:  # every noise of sample i from its own generator, seeded seed + i
                     gens = [torch.Generator(device="cpu").manual_seed(seed + i) for i in chunk]
-                    images = self.unet.sample(scheduler, gens, labels, guidance, steps, self.image_shape)
+                    drawn = self.unet.spacing.draw(gens, labels) if self.unet.spacing is not None else None
+                    images = self.unet.sample(scheduler, gens, labels, guidance, steps, self.image_shape, drawn)
+                    if drawn is not None:
+                        spacings = [tuple(float(s) for s in row) for row in drawn.tolist()]
                 else:
                     noise = torch.cat([self.initial_noise(i, seed) for i in chunk]).to(self.device)
                     gens = [torch.Generator(device=self.device).manual_seed(seed + i + 1_000_003) for i in chunk]
@@ -136,11 +140,11 @@ class Generator:
                                        self.latent_shape[1:], eta=eta, generators=gens)
                     z = unstandardise(z.float(), self.latent_shift, self.latent_scale)
                     images = decode_latent(self.autoencoder, z, self.image_shape)
-            for i, image in zip(chunk, images.float().cpu().numpy()):
+            for i, image, spacing in zip(chunk, images.float().cpu().numpy(), spacings):
                 hu = denormalise(image[0], self.hu_window)
                 spec = SampleSpec(index=i, seed=seed + i, label=label, guidance=guidance, steps=steps,
                                   scheduler="gan" if self.is_gan else self.config.diffusion.scheduler)
-                volume = CTVolume(hu=hu, spacing_mm=self.spacing_mm, label=label,
+                volume = CTVolume(hu=hu, spacing_mm=spacing, label=label,
                                   source=f"ctsynth generate {self.run_dir.name} #{i}",
                                   meta={"synthetic": True, "seed": seed + i, "config_hash": self.info["config_hash"]})
                 out.append((volume, spec))

@@ -58,6 +58,7 @@ from .calibration import QuantileMap
 from .diffusion import (build_unet, per_sample_mse, sample_latents, standardise, training_draws,
                         training_loss_per_sample, unstandardise)
 from .residuals import ResidualBank
+from .spacing import AXES, SpacingPrior
 from .wavelet import HaarTransform
 
 DETAIL_BANDS = 7
@@ -188,8 +189,11 @@ class _Conditioned(torch.nn.Module):
         super().__init__()
         self.unet, self.cond = unet, cond
 
-    def forward(self, x, timesteps, class_labels):  # detail models are sampled unguided: one pass, same batch
-        return self.unet(torch.cat([x, self.cond], dim=1), timesteps=timesteps, class_labels=class_labels)
+    def forward(self, x, timesteps, class_labels):
+        cond = self.cond  # a guided pass (the base model's) doubles the batch: the condition follows it
+        if x.shape[0] != cond.shape[0]:
+            cond = cond.repeat(x.shape[0] // cond.shape[0], *([1] * (cond.dim() - 1)))
+        return self.unet(torch.cat([x, cond], dim=1), timesteps=timesteps, class_labels=class_labels)
 
 
 def build_detail_unet(cfg: DiffusionConfig, n_labels: int) -> DiffusionModelUNet:
@@ -233,13 +237,19 @@ class WaveletCascade(torch.nn.Module):
         if not 1 <= levels <= 3:
             raise CTSynthError(f"diffusion.cascade needs autoencoder.haar_levels between 1 and 3, got {levels}",
                                fix="use 2 or 3 (the base grid is 1/4 or 1/8 of the volume per axis)")
+        if cfg.spacing_condition and cfg.augment_zoom > 0:  # a zoomed crop's spacing is not its recorded one
+            raise CTSynthError("diffusion.spacing_condition and diffusion.augment_zoom do not go together",
+                               fix="set augment_zoom: 0, or spacing_condition: false")
         self.cfg, self.levels, self.null_label = cfg, levels, n_labels
         # Samples numbered from this on do not train the base model (diffusion.base_max_epochs x the training
         # set, set by the training stage; None: no bound). Not saved: the stage sets it again on resume.
         self.base_sample_limit: int | None = None
         # levels whose details a detail UNet makes: all, or all but the coarsest (base_details)
         self.detail_levels = levels - 1 if cfg.base_details else levels
-        self.base = build_unet(cfg, self._base_channels, n_labels)
+        # the voxel spacing: drawn per sample and given to the base model (diffusion.spacing_condition; fitted
+        # with the statistics): models/spacing.py
+        self.spacing = SpacingPrior(n_labels) if cfg.spacing_condition else None
+        self.base = build_unet(cfg, self._base_channels, n_labels, extra_inputs=AXES if self.spacing else 0)
         self.details = torch.nn.ModuleList(build_detail_unet(cfg, n_labels) for _ in range(self.detail_levels))
         # (shift, scale) of LL_1 .. LL_L (one channel each) and of D_1 .. D_L (seven channels each)
         self.register_buffer("low_stats", torch.stack([torch.zeros(levels, 1), torch.ones(levels, 1)]))
@@ -287,8 +297,14 @@ class WaveletCascade(torch.nn.Module):
         return 2 ** (len(self.cfg.detail_channels) - 1)
 
     @torch.no_grad()
-    def set_statistics(self, images: torch.Tensor) -> None:
-        """Per-channel mean and 1 / std of every band over ``images`` (the training set)."""
+    def set_statistics(self, images: torch.Tensor, spacing_mm: torch.Tensor | None = None,
+                       labels: torch.Tensor | None = None) -> None:
+        """Per-channel mean and 1 / std of every band over ``images`` (the training set); with
+        ``spacing_condition``, the spacing prior from their spacings ``(n, 3)`` and ``labels``."""
+        if self.spacing is not None:
+            if spacing_mm is None or labels is None:
+                raise ValueError("diffusion.spacing_condition: set_statistics needs the spacings and labels")
+            self.spacing.fit(spacing_mm, labels)
         _, lows, details = pyramid(images.double(), self.levels)
         for i, (low, d) in enumerate(zip(lows, details)):
             for stats, band in ((self.low_stats, low), (self.detail_stats, d)):
@@ -304,19 +320,30 @@ class WaveletCascade(torch.nn.Module):
         f = unstandardise if inverse else standardise
         return f(band, self.detail_stats[0, level - 1], self.detail_stats[1, level - 1])
 
+    def _base_model(self, spacing_mm: torch.Tensor | None, like: torch.Tensor) -> torch.nn.Module:
+        """The base UNet, with ``spacing_condition`` its inputs joined by the spacings' condition (one constant
+        channel per axis on the grid of ``like``)."""
+        if self.spacing is None:
+            return self.base
+        if spacing_mm is None:
+            raise ValueError("diffusion.spacing_condition: the base model needs each sample's spacing")
+        cond = self.spacing.condition(spacing_mm).to(like.device, like.dtype)
+        return _Conditioned(self.base, cond[:, :, None, None, None].expand(-1, -1, *like.shape[2:]))
+
     def _patch_size(self, grid: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(n if p <= 0 else min(p, n) for n, p in zip(grid, self.cfg.detail_patch))
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, ids: list[int], seed: int,
                 scheduler, base_images: torch.Tensor | None = None,
-                critics: DetailCritics | None = None) -> torch.Tensor:
+                critics: DetailCritics | None = None, spacing_mm: torch.Tensor | None = None) -> torch.Tensor:
         """The micro-batch's loss: the base model's on ``LL_L`` (samples ``g`` below ``base_sample_limit``)
         plus every detail model's on a patch of its level (samples ``g`` with ``g % detail_every == 0``), each a
         per-sample MSE summed / batch size. ``base_images`` (``diffusion.augment_zoom``): the base model's band
         comes from these instead (the same samples, augmented for it alone). ``critics``
         (``detail_adv_weight``; frozen by the caller): their adversarial loss joins the detail models', and
         ``critic_batches`` keeps each level's ``(condition, made bands, real bands)``, detached, for
-        :class:`DetailCritics`' own loss."""
+        :class:`DetailCritics`' own loss. ``spacing_mm`` ``(b, 3)``: the samples' spacings
+        (``spacing_condition``)."""
         self.critic_batches: dict[int, tuple[torch.Tensor, ...]] = {}
         b = images.shape[0]
         low, lows, details = pyramid(images, self.levels)
@@ -331,7 +358,8 @@ class WaveletCascade(torch.nn.Module):
             sel = torch.tensor(based, device=images.device)
             noise, t, drop = training_draws([ids[k] for k in based], seed, tuple(z0.shape[1:]), scheduler,
                                             self.cfg.label_dropout, images.device)
-            loss = training_loss_per_sample(self.base, scheduler, z0[sel], labels[sel], self.null_label, noise, t,
+            base = self._base_model(None if spacing_mm is None else spacing_mm[sel.cpu()], z0[sel])
+            loss = training_loss_per_sample(base, scheduler, z0[sel], labels[sel], self.null_label, noise, t,
                                             drop).sum()
         else:  # past base_max_epochs: the base model is done; it stays in the graph with a zero gradient
             loss = in_graph(self.base)
@@ -435,14 +463,19 @@ class WaveletCascade(torch.nn.Module):
 
     @torch.no_grad()
     def sample(self, scheduler, generators: list[torch.Generator], labels: torch.Tensor, guidance: float,
-               steps: int, image_shape: tuple[int, int, int]) -> torch.Tensor:
+               steps: int, image_shape: tuple[int, int, int], spacing_mm: torch.Tensor | None = None) -> torch.Tensor:
         """Volumes ``(b, 1, *image_shape)`` in the [-1, 1] window: ``LL_L`` (and ``D_L``) by the base model
         (guided), then every level's details given the band below (conditional pass only). Sample ``i`` draws all its
-        noise from ``generators[i]``, in a fixed order, so it does not depend on its batch."""
+        noise from ``generators[i]``, in a fixed order, so it does not depend on its batch. With
+        ``spacing_condition``, ``spacing_mm`` ``(b, 3)`` is what the base model is told (the caller's draw from
+        :attr:`spacing`, which it writes with the volume); ``None`` draws it here, first."""
+        if self.spacing is not None and spacing_mm is None:
+            spacing_mm = self.spacing.draw(generators, labels)
         grid = [-(-n // self.multiple) for n in image_shape]
         start = per_sample_noise(generators, self._base_channels, _padded(grid, self._base_multiple()),
                                  labels.device)
-        band = sample_latents(self.base, scheduler, start, labels, self.null_label, guidance, steps, tuple(grid))
+        band = sample_latents(self._base_model(spacing_mm, start), scheduler, start, labels, self.null_label,
+                              guidance, steps, tuple(grid))
         low = self._from_base_band(band)
         made = crop_to(self.add_details(low, self.detail_levels, scheduler, generators, labels, steps), image_shape)
         return self.calibration(made)

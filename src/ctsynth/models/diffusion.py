@@ -31,10 +31,12 @@ def unet_multiple(cfg: DiffusionConfig) -> int:
     return 2 ** (len(cfg.channels) - 1)
 
 
-def build_unet(cfg: DiffusionConfig, latent_channels: int, n_labels: int) -> DiffusionModelUNet:
+def build_unet(cfg: DiffusionConfig, latent_channels: int, n_labels: int, extra_inputs: int = 0) -> DiffusionModelUNet:
+    """The class-conditional UNet; ``extra_inputs`` condition channels join its input (the cascade's spacing)."""
     check_levels("diffusion", cfg.channels, cfg.attention_levels, cfg.norm_num_groups)
     return DiffusionModelUNet(
-        spatial_dims=3, in_channels=latent_channels, out_channels=latent_channels, channels=cfg.channels,
+        spatial_dims=3, in_channels=latent_channels + extra_inputs, out_channels=latent_channels,
+        channels=cfg.channels,
         attention_levels=cfg.attention_levels, num_res_blocks=cfg.num_res_blocks,
         num_head_channels=cfg.num_head_channels, norm_num_groups=cfg.norm_num_groups,
         num_class_embeds=n_labels + 1, use_flash_attention=cfg.use_flash_attention,

@@ -69,12 +69,13 @@ def encode_training_set(fabric, config: Config, prep_dir: Path, run_dir: Path, e
 
 def training_images(config: Config, prep_dir: Path, entries: list[dict]) -> dict:
     """The cascade's training data: the volumes ``(n, 1, z, y, x)`` in [-1, 1], padded (replicating the border)
-    to a multiple of ``2**haar_levels``, and their labels."""
+    to a multiple of ``2**haar_levels``, their labels and their spacings ``(n, 3)`` in mm."""
     volumes = CacheVolumes(prep_dir, entries=entries)
     m = 2 ** config.autoencoder.haar_levels
     images = torch.cat([pad_to_multiple(volumes[k]["image"][None], m)[0] for k in range(len(volumes))])
     labels = torch.tensor(label_indices(entries, config.data.labels, prep_dir), dtype=torch.int64)
-    return {"latents": images.float(), "labels": labels}
+    spacing = torch.tensor([e["spacing_mm"] for e in entries], dtype=torch.float64)
+    return {"latents": images.float(), "labels": labels, "spacing_mm": spacing}
 
 
 def fit_after_training(model, config: Config, data: dict) -> None:
@@ -94,11 +95,12 @@ def fit_after_training(model, config: Config, data: dict) -> None:
 
 def accumulate_gradients(fabric, unet, scheduler, latents: torch.Tensor, labels: torch.Tensor, step: int,
                          cfg: DiffusionConfig, tcfg: TrainConfig, null_label: int, poison: bool = False,
-                         critics=None) -> float:
+                         critics=None, spacing_mm: torch.Tensor | None = None) -> float:
     """Forward and backward of one optimizer step's ``grad_accum`` micro-batches (standardised, unpadded
     ``latents`` of the whole training set); returns the step's mean loss (NaN when ``poison``: tests of the NaN
     guard). DDP synchronises on the last only. ``critics`` (the cascade's ``detail_adv_weight``): frozen in the
-    cascade's pass, whose adversarial loss reaches only the detail models, then trained on the bands it made."""
+    cascade's pass, whose adversarial loss reaches only the detail models, then trained on the bands it made.
+    ``spacing_mm`` ``(n, 3)``: the training volumes' spacings (the cascade's ``spacing_condition``)."""
     total = 0.0
     n = latents.shape[0]
     for micro in range(tcfg.grad_accum):
@@ -111,7 +113,8 @@ def accumulate_gradients(fabric, unet, scheduler, latents: torch.Tensor, labels:
                 detail = random_flips(volumes, ids, tcfg.seed, cfg.augment_detail_flip)
                 with frozen(critics.module) if critics is not None else nullcontext() as raw:
                     loss = unet(detail.to(fabric.device), labels[idx].to(fabric.device), ids, tcfg.seed, scheduler,
-                                None if base is detail else base.to(fabric.device), raw)
+                                None if base is detail else base.to(fabric.device), raw,
+                                None if spacing_mm is None else spacing_mm[idx])
             else:
                 z0 = pad_latents(latents[idx], cfg).to(fabric.device)
                 noise, t, drop = training_draws(ids, tcfg.seed, tuple(z0.shape[1:]), scheduler, cfg.label_dropout,
@@ -141,7 +144,8 @@ class DiffusionStage(Stage):
             raise CTSynthError(f"diffusion.calibration_samples must be at least 0, got {self.cfg.calibration_samples}",
                                fix="set it to 0, or to a few volumes per class (e.g. 8)")
         for name, on in (("calibration_samples", self.cfg.calibration_samples > 0),
-                         ("detail_residuals", any(self.cfg.detail_residuals))):
+                         ("detail_residuals", any(self.cfg.detail_residuals)),
+                         ("spacing_condition", self.cfg.spacing_condition)):
             if on and not self.cfg.cascade:  # fitted after training by the cascade alone: not silently ignored
                 raise CTSynthError(f"diffusion.{name} ({getattr(self.cfg, name)}) needs diffusion.cascade: true",
                                    fix=f"leave {name} out, or use the cascade")
@@ -149,17 +153,18 @@ class DiffusionStage(Stage):
     def load_data(self, fabric) -> None:
         if self.cfg.cascade:
             data = training_images(self.config, self.prep_dir, self.entries["train"])
-            self.latents, self.labels = data["latents"], data["labels"]
+            self.latents, self.labels, self.spacing_mm = data["latents"], data["labels"], data["spacing_mm"]
             self.shift = self.scale = torch.zeros(0)
         else:
             data = encode_training_set(fabric, self.config, self.prep_dir, self.run_dir, self.entries["train"])
             self.shift, self.scale = data["shift"], data["scale"]
             self.latents, self.labels = standardise(data["latents"], self.shift, self.scale), data["labels"]
+            self.spacing_mm = None
 
     def build(self, fabric) -> None:
         unet = build_diffusion_model(self.config)  # after seeding: its initial weights come from the seed
         if self.cfg.cascade:
-            unet.set_statistics(self.latents)
+            unet.set_statistics(self.latents, self.spacing_mm, self.labels)
             if self.cfg.base_max_epochs > 0:
                 unet.base_sample_limit = int(round(self.cfg.base_max_epochs * len(self.latents)))
         ema = copy.deepcopy(unet).requires_grad_(False)
@@ -177,7 +182,7 @@ class DiffusionStage(Stage):
 
     def accumulate(self, step: int, poison: bool) -> tuple[dict[str, float], list[Clip]]:
         loss = accumulate_gradients(self.fabric, self.unet, self.scheduler, self.latents, self.labels, step, self.cfg,
-                                    self.tcfg, self.null_label, poison, self.critics)
+                                    self.tcfg, self.null_label, poison, self.critics, self.spacing_mm)
         clip = [(self.unet, self.opt, self.tcfg.max_grad_norm)]
         return {"loss": loss}, clip + ([(self.critics, self.opt_critics, 0.0)] if self.critics is not None else [])
 
