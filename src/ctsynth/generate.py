@@ -4,7 +4,9 @@ Determinism (as EDM's generate.py): sample ``i`` of a request draws its initial 
 ``torch.Generator`` seeded with ``seed + i`` (and, for DDIM with ``eta > 0``, its per-step noise too), so a
 sample does not depend on the batch size, the number of ranks or which rank made it. Then: denoise with the
 EMA UNet and classifier-free guidance, decode with the autoencoder, crop to the run's image shape, map
-[-1, 1] back to HU with the run's window, and build a :class:`CTVolume` with the run's target spacing.
+[-1, 1] back to HU with the run's window, and build a :class:`CTVolume` with the run's target spacing (the
+median), or, for a cascade with ``diffusion.spacing_condition``, the spacing the sample drew first from its
+generator and gave its base model (models/spacing.py).
 """
 
 from __future__ import annotations
