@@ -52,6 +52,37 @@ def test_a_skewed_output_gets_the_reference_histogram():
     assert bool((m(made.sort().values).diff() >= 0).all())  # the voxels' order stays
 
 
+def test_a_masked_fit_uses_only_the_voxels_inside_the_masks():
+    """Known answer for ``calibration_region``: outside the masks each side holds values that would bend the
+    curve (air smoothed to -0.6 in the made volume, -3 in the data); fitted inside the masks only, the curve is
+    the inside's map x -> 2x - 1."""
+    made = torch.cat([torch.linspace(0, 1, 50_001), torch.full((20_000,), -0.6)])
+    data = torch.cat([torch.linspace(-1, 1, 50_001), torch.full((30_000,), -3.0)])
+    m = QuantileMap()
+    m.fit(made, data, made > -0.5, data > -2.0)
+    inside = torch.linspace(0, 1, 333)
+    torch.testing.assert_close(m(inside), 2 * inside - 1, rtol=0, atol=1e-4)
+    m.fit(made, data)  # unmasked, the curve is another one
+    assert float((m(inside) - (2 * inside - 1)).abs().max()) > 0.1
+
+
+def test_the_body_region_leaves_the_outside_air_out():
+    from ctsynth.preprocess.window import normalise
+    from ctsynth.train.diffusion import body_region
+
+    hu = np.full((1, 1, 6, 40, 40), -1000.0, dtype=np.float32)
+    yy, xx = np.mgrid[:40, :40]
+    hu[..., (yy - 20) ** 2 + (xx - 20) ** 2 < 14 ** 2] = 40.0  # a round body ...
+    hu[..., (yy - 20) ** 2 + (xx - 14) ** 2 < 4 ** 2] = -850.0  # ... with a lung inside
+    window = (-1024.0, 1500.0)
+    x = torch.from_numpy(normalise(hu, window))
+    mask = body_region(window)(x)
+    assert mask.shape == x.shape and mask.dtype == torch.bool
+    inside = (yy - 20) ** 2 + (xx - 20) ** 2 < 14 ** 2
+    assert bool(mask[0, 0, 3][torch.from_numpy(inside)].all())  # the lung is inside the body
+    assert not bool(mask[0, 0, 3][torch.from_numpy(~inside)].any())
+
+
 def test_weights_saved_before_the_calibration_load_as_the_identity():
     model = WaveletCascade(cascade_config().diffusion, 2, 2)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("calibration.")}

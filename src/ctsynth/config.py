@@ -129,6 +129,9 @@ class DiffusionConfig:
     # curve from their pooled quantiles to the training volumes'; every sample goes through it (a smoothing
     # detail model raises the lungs' median HU; models/calibration.py, docs/quality.md). 0: off.
     calibration_samples: int = 0
+    # Cascade: the voxels the curve is fitted on, on both sides: "all", or "body" (inside each volume's body mask,
+    # ctsynth.segment.body_mask: the outside air, whose border the details smooth, is left out).
+    calibration_region: str = "all"
 
 
 @dataclass

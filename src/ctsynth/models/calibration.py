@@ -52,11 +52,14 @@ class QuantileMap(torch.nn.Module):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
-    def fit(self, made: torch.Tensor, reference: torch.Tensor) -> None:
-        """Fit on the model's output ``made`` and the training data ``reference`` (any shapes, same units)."""
+    def fit(self, made: torch.Tensor, reference: torch.Tensor, made_mask: torch.Tensor | None = None,
+            reference_mask: torch.Tensor | None = None) -> None:
+        """Fit on the model's output ``made`` and the training data ``reference`` (any shapes, same units), or on
+        their voxels inside ``made_mask`` and ``reference_mask`` (bool, their shapes) where given."""
         n = self.source.numel()
-        self.source.copy_(quantiles(strided_values(made), n))
-        self.target.copy_(quantiles(strided_values(reference), n))
+        self.source.copy_(quantiles(strided_values(made if made_mask is None else made[made_mask]), n))
+        self.target.copy_(quantiles(strided_values(reference if reference_mask is None else reference[reference_mask]),
+                                    n))
         self.fitted.fill_(True)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:

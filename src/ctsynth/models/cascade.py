@@ -482,10 +482,11 @@ class WaveletCascade(torch.nn.Module):
 
     @torch.no_grad()
     def fit_calibration(self, images: torch.Tensor, per_class: int, n_labels: int, scheduler, guidance: float,
-                        steps: int, seed: int, batch_size: int = 4) -> None:
+                        steps: int, seed: int, batch_size: int = 4, region=None) -> None:
         """Fit :attr:`calibration` on ``per_class`` volumes of each of the ``n_labels`` classes, sampled as
         :meth:`sample` does (uncalibrated; sample ``i`` of class ``c`` seeded from ``(seed, c, i)``), against the
-        training volumes ``images`` ``(n, 1, z, y, x)``, cropped to the sampled shape."""
+        training volumes ``images`` ``(n, 1, z, y, x)``, cropped to the sampled shape. ``region`` (volumes -> bool
+        masks of their shape): the curve is fitted on the voxels inside it, on both sides."""
         self.calibration.fitted.fill_(False)
         shape = tuple(images.shape[-3:])
         device = self.low_stats.device
@@ -496,7 +497,9 @@ class WaveletCascade(torch.nn.Module):
                 gens = calibration_generators(seed, c, idx)
                 labels = torch.full((len(idx),), c, dtype=torch.long, device=device)
                 made.append(self.sample(scheduler, gens, labels, guidance, steps, shape).cpu())
-        self.calibration.fit(torch.cat(made), images)
+        made = torch.cat(made)
+        masks = (None, None) if region is None else (region(made), region(images))
+        self.calibration.fit(made, images, *masks)
 
     @torch.no_grad()
     def add_details(self, low: torch.Tensor, level: int, scheduler, generators: list[torch.Generator],

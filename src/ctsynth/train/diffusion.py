@@ -21,6 +21,7 @@ import copy
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -33,7 +34,9 @@ from ..models.cascade import DetailCritics
 from ..models.diffusion import (build_scheduler, pad_latents, standardise, training_draws, training_loss,
                                 ema_decay_at, update_ema)
 from ..data import CacheVolumes, random_flips, random_shifts, random_zooms
+from ..preprocess.window import denormalise
 from ..runs import load_frozen_autoencoder
+from ..segment.body import body_mask
 from .common import frozen, label_indices, sample_ids, study_for_sample, write_json
 from .runner import Clip, Stage
 
@@ -78,6 +81,18 @@ def training_images(config: Config, prep_dir: Path, entries: list[dict]) -> dict
     return {"latents": images.float(), "labels": labels, "spacing_mm": spacing}
 
 
+CALIBRATION_REGIONS = ("all", "body")
+
+
+def body_region(hu_window: tuple[float, float]):
+    """``volumes (n, 1, z, y, x)`` in [-1, 1] -> their body masks (bool, same shape): ``diffusion.calibration_region:
+    body``."""
+    def region(volumes: torch.Tensor) -> torch.Tensor:
+        hu = denormalise(volumes.detach().float().cpu().numpy(), hu_window)
+        return torch.from_numpy(np.stack([body_mask(v[0])[None] for v in hu]))
+    return region
+
+
 def fit_after_training(model, config: Config, data: dict) -> None:
     """What a cascade fits after training, on the weights that sample (the EMA's) and the training data ``data``
     (as :func:`training_images` gives it): first the residual banks (``diffusion.detail_residuals``, on the
@@ -85,12 +100,16 @@ def fit_after_training(model, config: Config, data: dict) -> None:
     config's guidance and steps, seeded by ``train.seed``; its samples draw from the banks). The training stage
     calls it at its end, the quality benchmark for an earlier checkpoint's weights."""
     cfg = config.diffusion
+    if cfg.calibration_region not in CALIBRATION_REGIONS:
+        raise CTSynthError(f"unknown diffusion.calibration_region '{cfg.calibration_region}'",
+                           fix=f"use one of {list(CALIBRATION_REGIONS)}")
     if any(cfg.detail_residuals):
         model.fit_residuals(data["latents"], data["labels"], config.train.seed)
     if cfg.calibration_samples > 0:
         model.fit_calibration(crop_to(data["latents"], tuple(config.data.shape)), cfg.calibration_samples,
                               len(config.data.labels), build_scheduler(cfg), cfg.guidance, cfg.sample_steps,
-                              config.train.seed)
+                              config.train.seed,
+                              region=body_region(config.data.hu_window) if cfg.calibration_region == "body" else None)
 
 
 def accumulate_gradients(fabric, unet, scheduler, latents: torch.Tensor, labels: torch.Tensor, step: int,
