@@ -15,6 +15,9 @@ The draw: per class, a Gaussian on the log spacings (mean and covariance of the 
 always agree, like y and x, stay equal), clamped to the training range. Only these moments are kept, as
 buffers of the weights, not any crop's spacing. The condition: the log spacing standardised with the whole
 training set's mean and standard deviation, one constant input channel per axis.
+
+The limit: on very few crops the spacing nearly names a crop, and the base model can follow the one it names
+(the demo's 12 crops: 1 of 8 samples flagged as a near-copy with it, none without; 160 crops: none flagged).
 """
 
 from __future__ import annotations
