@@ -83,6 +83,14 @@ def test_the_body_region_leaves_the_outside_air_out():
     assert not bool(mask[0, 0, 3][torch.from_numpy(~inside)].any())
 
 
+def test_an_unknown_calibration_region_is_refused_before_training(tmp_path):
+    config = cascade_config(calibration_samples=1, calibration_region="lungs")
+    prep = make_tiny_cache(tmp_path / "prep", config)
+    with pytest.raises(CTSynthError, match="calibration_region"):
+        train(prep, config, tmp_path / "run", CPU)
+    assert not list((tmp_path / "run").glob("**/ckpt-*"))  # refused at the start: no step trained
+
+
 def test_weights_saved_before_the_calibration_load_as_the_identity():
     model = WaveletCascade(cascade_config().diffusion, 2, 2)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("calibration.")}
