@@ -70,4 +70,4 @@ class SpacingPrior(torch.nn.Module):
     def condition(self, spacing_mm: torch.Tensor) -> torch.Tensor:
         """``(b, 3)`` spacings in mm -> their standardised logs ``(b, 3)`` (float32): the base model's input."""
         log = torch.as_tensor(spacing_mm, dtype=torch.float64).log()
-        return ((log - self.shift.cpu().to(log.device)) * self.scale.cpu().to(log.device)).float()
+        return ((log - self.shift.to(log.device)) * self.scale.to(log.device)).float()
