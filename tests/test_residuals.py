@@ -94,42 +94,52 @@ def test_residuals_need_the_cascade(tmp_path):
         train(prep, config, tmp_path / "run", CPU)
 
 
+def test_a_level_of_scale_0_has_no_bank():
+    model = WaveletCascade(dataclasses.replace(cascade_config().diffusion, detail_residuals=(0.5,)), 2, 2)
+    assert list(model.residual_banks) == ["1"]  # level 2's scale is 0 where the list stops
+
+
 def test_a_tiny_cascade_fits_its_banks_after_training_and_samples_with_them(tmp_path, capsys):
-    """After training the EMA model's bank is fitted and saved (level 1 only: level 2's scale is 0). A real
-    volume rebuilt from its true band gets, per block, the model's prediction plus the scale times a residual
-    of the bank from that block's bin; the same seed gives the same volume, and a sample does not depend on its
-    batch (beyond float rounding)."""
+    """After training the EMA model's banks (both levels: scales 0.5 and 0.25) are fitted and saved. A real
+    volume rebuilt from its true coarsest band gets, at each level and per block, the model's prediction (given
+    the band it has made so far) plus the level's scale times a residual of that level's bank from the block's
+    bin; the same seed gives the same volume, and a sample does not depend on its batch (beyond float
+    rounding)."""
     from ctsynth.generate import Generator
     from ctsynth.train import check_cache
     from ctsynth.train.diffusion import training_images
 
-    config = cascade_config(detail_residuals=(0.5,))
+    scales = (0.5, 0.25)
+    config = cascade_config(detail_residuals=scales)
     prep = make_tiny_cache(tmp_path / "prep", config)
     assert train(prep, config, tmp_path / "run", CPU) == "done"
     weights = load_file(str(tmp_path / "run" / "diffusion" / "model.safetensors"))
-    assert bool(weights["ema.residual_banks.1.fitted"]) and "ema.residual_banks.2.fitted" not in weights
+    assert all(bool(weights[f"ema.residual_banks.{level}.fitted"]) for level in (1, 2))
     gen = Generator.load(tmp_path / "run")
     model = gen.unet
-    bank = model.residual_banks["1"]
-    assert bool(bank.fitted) and int(bank.counts.sum()) > 0
 
     images = training_images(config, prep, check_cache(prep, config)["train"])
     x, label = images["latents"][:1], images["labels"][:1]
     _, lows, _ = pyramid(x, 2)
-    cond = pad_to_multiple(model._low(lows[0], 1), model._detail_multiple(), 0.0)[0]
-    grid = tuple(lows[0].shape[-3:])
-    mean = model._regress(1, cond, label)
-    made = model.add_details(lows[0], 1, build_scheduler(config.diffusion), [torch.Generator().manual_seed(3)], label,
-                             1)
-    _, _, made_details = pyramid(made, 1)
-    drawn = (model._detail(made_details[0], 1) - mean[..., :grid[0], :grid[1], :grid[2]]) / 0.5
-    bins = bank.bins(cond, mean)[..., :grid[0], :grid[1], :grid[2]]
-    for k in bins.unique().tolist():
-        kept = bank.residuals[k, :int(bank.counts[k])]
-        got = drawn.movedim(1, -1)[bins == k]
-        distance = torch.cdist(got.double(), kept.double()).min(dim=1).values
-        assert float(distance.max()) < 1e-3, k
-    assert float(drawn.abs().max()) > 0  # it drew something
+    made = model.add_details(lows[1], 2, build_scheduler(config.diffusion), [torch.Generator().manual_seed(3)],
+                             label, 1)
+    for level in (2, 1):  # Haar is exact: the made volume's pyramid gives back each level's band and details
+        bank = model.residual_banks[str(level)]
+        assert bool(bank.fitted) and int(bank.counts.sum()) > 0
+        _, made_lows, made_details = pyramid(made, level)
+        band = lows[1] if level == 2 else made_lows[0]  # level 2's band as given (a bin edge is a training value)
+        grid = tuple(band.shape[-3:])
+        cond = pad_to_multiple(model._low(band, level), model._detail_multiple(), 0.0)[0]
+        mean = model._regress(level, cond, label)
+        drawn = (model._detail(made_details[level - 1], level) - mean[..., :grid[0], :grid[1], :grid[2]]) \
+            / scales[level - 1]
+        bins = bank.bins(cond, mean)[..., :grid[0], :grid[1], :grid[2]]
+        for k in bins.unique().tolist():
+            kept = bank.residuals[k, :int(bank.counts[k])]
+            got = drawn.movedim(1, -1)[bins == k]
+            distance = torch.cdist(got.double(), kept.double()).min(dim=1).values
+            assert float(distance.max()) < 1e-3, (level, k)
+        assert float(drawn.abs().max()) > 0  # it drew something
 
     a = gen.sample(2, "covid", seed=5, batch_size=2)
     b = gen.sample(1, "covid", seed=6, batch_size=1)
