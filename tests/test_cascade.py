@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from ctsynth.config import load_config
 from ctsynth.errors import CTSynthError
 from ctsynth.models.cascade import (WaveletCascade, energy_score, gaussian_detail_loss, gaussian_detail_sample,
-                                    merge_level, pyramid)
+                                    merge_level, neighbourhood_floor, pyramid, split_level)
 from ctsynth.models.diffusion import build_scheduler
 from ctsynth.models.wavelet import HaarTransform
 from ctsynth.train import LaunchOptions, TrainHooks, train
@@ -396,3 +396,39 @@ def test_detail_gain_scales_a_level_s_regressed_details_and_only_that_level_s():
             WaveletCascade(dataclasses.replace(cfg, detail_gain=bad), 2, 2)
     with pytest.raises(CTSynthError, match="detail_gain works with detail_objective: regression"):
         WaveletCascade(dataclasses.replace(cfg, detail_gain=(1.3,), detail_objective="gaussian"), 2, 2)
+
+
+def test_neighbourhood_floor_is_the_lowest_block_mean_around_each_voxel():
+    """Known answer, by loops: each voxel's floor is the lowest of the 3^3 (fewer at the edges) block means
+    around its own block, in image units."""
+    x = torch.randn(1, 1, 4, 6, 8, generator=torch.Generator().manual_seed(3))
+    low, _ = split_level(x, HaarTransform(1))
+    floor = neighbourhood_floor(low, HaarTransform(1))[0, 0].numpy()
+    means = torch.nn.functional.avg_pool3d(x, 2)[0, 0].numpy()
+    expected = np.empty_like(floor)
+    for z, y, w in np.ndindex(*floor.shape):
+        b = (z // 2, y // 2, w // 2)
+        expected[z, y, w] = means[max(b[0] - 1, 0):b[0] + 2, max(b[1] - 1, 0):b[1] + 2, max(b[2] - 1, 0):b[2] + 2].min()
+    np.testing.assert_allclose(floor, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_detail_floor_raises_only_what_undershoots_the_neighbourhood():
+    """``diffusion.detail_floor``: a rebuild whose details undershoot (a dark line beside a bright wall) has
+    those voxels raised to the floor and no others changed; with it off the undershoot stays."""
+    cfg = cascade_config().diffusion
+    x = torch.full((1, 1, 8, 16, 24), -0.7)
+    x[..., 12:] = 0.05  # lung, then the chest wall
+    x[..., 10] = -0.95  # a dark rim: below every 2^3 block mean around it
+    _, lows, _ = pyramid(x, 1)
+    out = {}
+    for on in (False, True):
+        model = WaveletCascade(dataclasses.replace(cfg, detail_floor=on), 2, 2)
+        model.set_statistics(x)
+        # the true details, as a perfect detail model would give them
+        model._regress = lambda level, cond, labels, eps=None: model._detail(pyramid(x, 1)[2][0], 1)
+        out[on] = model.add_details(lows[0], 1, build_scheduler(cfg), [torch.Generator()], torch.tensor([0]), 1)
+    torch.testing.assert_close(out[False], x, rtol=1e-5, atol=1e-5)
+    floor = neighbourhood_floor(lows[0], HaarTransform(1))
+    torch.testing.assert_close(out[True], torch.maximum(x, floor), rtol=1e-5, atol=1e-5)
+    assert float(out[True][..., 10].min()) > -0.95 + 0.1  # the rim is lifted ...
+    torch.testing.assert_close(out[True][..., 12:], x[..., 12:])  # ... the wall is not

@@ -106,6 +106,10 @@ class DiffusionConfig:
     # detail model's residuals on the training volumes, fitted after training (level 1 first; missing levels 0:
     # none). What the conditional mean leaves out, with real blocks' sparsity (models/residuals.py).
     detail_residuals: tuple[float, ...] = ()
+    # Cascade, at sampling: after each level's details are merged, no voxel lies below the lowest block mean of
+    # the 3^3 neighbourhood of its block in the band below (a lower anti-ringing clamp: no dark rim where the
+    # details undershoot next to a bright wall; models/cascade.py neighbourhood_floor, docs/quality.md).
+    detail_floor: bool = False
     # regression: weight of a conditional patch critic's least-squares adversarial loss on each level's bands
     # (pix2pix / SRGAN: the mean alone smears what the band below does not decide); 0: off
     detail_adv_weight: float = 0.0

@@ -78,6 +78,22 @@ def merge_level(low: torch.Tensor, details: torch.Tensor, haar: HaarTransform) -
     return haar.decode(torch.cat([low, details], dim=1))
 
 
+def neighbourhood_floor(low: torch.Tensor, haar: HaarTransform) -> torch.Tensor:
+    """``(b, 1, *grid)`` band -> ``(b, 1, *2 grid)``: each voxel's floor under ``diffusion.detail_floor``, the
+    lowest value of the band's 3^3 neighbourhood around its block, in the merged level's units (the block mean
+    that value stands for).
+
+    Why: next to a bright wall, regression details plus a drawn residual can undershoot the band below, a dark
+    rim along the pleura that no real crop has (a fine voxel of a real crop lies below this floor for 8-10% of
+    voxels, by 10-20 HU at most for all but 1-3%; docs/quality.md). The darkest lung voxels were then the rim's
+    in every sample, so the lungs' 5th HU percentile no longer followed their density. The floor is an
+    anti-ringing clamp, as image resamplers clamp to the source's local range; only its lower side is kept:
+    an upper one flattens vessels brighter than every block around them."""
+    lowest = -torch.nn.functional.max_pool3d(-low, 3, stride=1, padding=1)  # padding is -inf: the edge's own
+    return merge_level(lowest, torch.zeros(low.shape[0], DETAIL_BANDS, *low.shape[2:], device=low.device,
+                                           dtype=low.dtype), haar)
+
+
 def pyramid(x: torch.Tensor, levels: int) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """``x`` (every axis a multiple of ``2**levels``) -> ``(LL_L, [LL_1 .. LL_L], [D_1 .. D_L])``: index
     ``l - 1`` of the lists is level ``l``; ``lows[l - 1]`` is the band that ``details[l - 1]`` refines."""
@@ -505,7 +521,7 @@ class WaveletCascade(torch.nn.Module):
     def add_details(self, low: torch.Tensor, level: int, scheduler, generators: list[torch.Generator],
                     labels: torch.Tensor, steps: int) -> torch.Tensor:
         """From the band ``LL_level`` (unstandardised) down to the full grid: each level's details by its
-        model, merged. Sampling calls it with the base model's band; the benchmark's diagnosis calls it with
+        model, merged (with ``detail_floor``, raised to :func:`neighbourhood_floor` of the band below). Sampling calls it with the base model's band; the benchmark's diagnosis calls it with
         a real volume's band, to tell the base model's errors from the detail models'."""
         device = labels.device
         m = self._detail_multiple()
@@ -528,5 +544,7 @@ class WaveletCascade(torch.nn.Module):
                 else:
                     z = sample_latents(_Conditioned(self.details[level - 1], cond), scheduler, eps, labels,
                                        self.null_label, 1.0, steps, tuple(grid))
-            low = merge_level(low, self._detail(z, level, inverse=True), HaarTransform(1).to(device))
+            haar = HaarTransform(1).to(device)
+            merged = merge_level(low, self._detail(z, level, inverse=True), haar)
+            low = torch.maximum(merged, neighbourhood_floor(low, haar)) if self.cfg.detail_floor else merged
         return low
