@@ -83,12 +83,12 @@ def neighbourhood_floor(low: torch.Tensor, haar: HaarTransform) -> torch.Tensor:
     lowest value of the band's 3^3 neighbourhood around its block, in the merged level's units (the block mean
     that value stands for).
 
-    Why: next to a bright wall, regression details plus a drawn residual can undershoot the band below, a dark
-    rim along the pleura that no real crop has (a fine voxel of a real crop lies below this floor for 8-10% of
-    voxels, by 10-20 HU at most for all but 1-3%; docs/quality.md). The darkest lung voxels were then the rim's
-    in every sample, so the lungs' 5th HU percentile no longer followed their density. The floor is an
-    anti-ringing clamp, as image resamplers clamp to the source's local range; only its lower side is kept:
-    an upper one flattens vessels brighter than every block around them."""
+    Why: next to a bright wall, regression details plus a drawn residual undershoot the band below: a dark
+    rim along the pleura that no real crop has. The darkest lung voxels were then the rim's in every sample,
+    so the lungs' 5th HU percentile no longer followed their density. The floor is an anti-ringing clamp, as
+    image resamplers clamp to the source's local range. Only its lower side: an upper one flattens vessels
+    brighter than every block around them. It trims real texture a little too: 8-10% of a real crop's voxels
+    lie below this floor, 1-2% by more than 20 HU (docs/quality.md)."""
     lowest = -torch.nn.functional.max_pool3d(-low, 3, stride=1, padding=1)  # padding is -inf: the edge's own
     return merge_level(lowest, torch.zeros(low.shape[0], DETAIL_BANDS, *low.shape[2:], device=low.device,
                                            dtype=low.dtype), haar)
