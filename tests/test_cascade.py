@@ -407,8 +407,8 @@ def test_neighbourhood_floor_is_the_lowest_block_mean_around_each_voxel():
     means = torch.nn.functional.avg_pool3d(x, 2)[0, 0].numpy()
     expected = np.empty_like(floor)
     for z, y, w in np.ndindex(*floor.shape):
-        b = (z // 2, y // 2, w // 2)
-        expected[z, y, w] = means[max(b[0] - 1, 0):b[0] + 2, max(b[1] - 1, 0):b[1] + 2, max(b[2] - 1, 0):b[2] + 2].min()
+        around = tuple(slice(max(k // 2 - 1, 0), k // 2 + 2) for k in (z, y, w))  # the block's and its neighbours'
+        expected[z, y, w] = means[around].min()
     np.testing.assert_allclose(floor, expected, rtol=1e-5, atol=1e-5)
 
 

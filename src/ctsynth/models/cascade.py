@@ -521,9 +521,11 @@ class WaveletCascade(torch.nn.Module):
     def add_details(self, low: torch.Tensor, level: int, scheduler, generators: list[torch.Generator],
                     labels: torch.Tensor, steps: int) -> torch.Tensor:
         """From the band ``LL_level`` (unstandardised) down to the full grid: each level's details by its
-        model, merged (with ``detail_floor``, raised to :func:`neighbourhood_floor` of the band below). Sampling calls it with the base model's band; the benchmark's diagnosis calls it with
-        a real volume's band, to tell the base model's errors from the detail models'."""
+        model, merged (with ``detail_floor``, raised to :func:`neighbourhood_floor` of the band below).
+        Sampling calls it with the base model's band; the benchmark's diagnosis calls it with a real volume's
+        band, to tell the base model's errors from the detail models'."""
         device = labels.device
+        haar = HaarTransform(1).to(device)
         m = self._detail_multiple()
         for level in range(level, 0, -1):
             grid = list(low.shape[-3:])
@@ -544,7 +546,6 @@ class WaveletCascade(torch.nn.Module):
                 else:
                     z = sample_latents(_Conditioned(self.details[level - 1], cond), scheduler, eps, labels,
                                        self.null_label, 1.0, steps, tuple(grid))
-            haar = HaarTransform(1).to(device)
             merged = merge_level(low, self._detail(z, level, inverse=True), haar)
             low = torch.maximum(merged, neighbourhood_floor(low, haar)) if self.cfg.detail_floor else merged
         return low
