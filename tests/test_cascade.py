@@ -432,3 +432,14 @@ def test_detail_floor_raises_only_what_undershoots_the_neighbourhood():
     torch.testing.assert_close(out[True], torch.maximum(x, floor), rtol=1e-5, atol=1e-5)
     assert float(out[True][..., 10].min()) > -0.95 + 0.1  # the rim is lifted ...
     torch.testing.assert_close(out[True][..., 12:], x[..., 12:])  # ... the wall is not
+
+
+@pytest.mark.parametrize("option", [{"detail_residuals": (0.5,)}, {"detail_floor": True},
+                                    {"spacing_condition": True}, {"calibration_samples": 2}])
+def test_the_cascade_s_options_are_refused_without_it(tmp_path, option):
+    """Each option only the cascade uses stops a run without the cascade, by name, before any step."""
+    tiny = load_config("tiny")
+    config = dataclasses.replace(tiny, diffusion=dataclasses.replace(tiny.diffusion, **option))
+    prep = make_tiny_cache(tmp_path / "prep", config)
+    with pytest.raises(CTSynthError, match=f"diffusion.{next(iter(option))} .* needs diffusion.cascade: true"):
+        train(prep, config, tmp_path / "run", CPU)

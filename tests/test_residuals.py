@@ -84,16 +84,6 @@ def test_detail_residuals_is_checked():
                                            detail_objective="gaussian"), 2, 2)
 
 
-def test_residuals_need_the_cascade(tmp_path):
-    from ctsynth.config import load_config
-
-    tiny = load_config("tiny")
-    config = dataclasses.replace(tiny, diffusion=dataclasses.replace(tiny.diffusion, detail_residuals=(0.5,)))
-    prep = make_tiny_cache(tmp_path / "prep", config)
-    with pytest.raises(CTSynthError, match="detail_residuals"):
-        train(prep, config, tmp_path / "run", CPU)
-
-
 def test_a_level_of_scale_0_has_no_bank():
     model = WaveletCascade(dataclasses.replace(cascade_config().diffusion, detail_residuals=(0.5,)), 2, 2)
     assert list(model.residual_banks) == ["1"]  # level 2's scale is 0 where the list stops

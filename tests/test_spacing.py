@@ -4,7 +4,6 @@ writes volumes at the spacings it drew, the same for the same seed."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -86,16 +85,6 @@ def test_the_spacing_reaches_the_base_model_and_only_it():
 def test_spacing_condition_and_zoom_are_refused_together():
     with pytest.raises(CTSynthError, match="augment_zoom"):
         WaveletCascade(cascade_config(spacing_condition=True, augment_zoom=0.1).diffusion, 2, 2)
-
-
-def test_spacing_condition_needs_the_cascade(tmp_path):
-    from ctsynth.config import load_config
-
-    tiny = load_config("tiny")
-    config = dataclasses.replace(tiny, diffusion=dataclasses.replace(tiny.diffusion, spacing_condition=True))
-    prep = make_tiny_cache(tmp_path / "prep", config)
-    with pytest.raises(CTSynthError, match="spacing_condition"):
-        train(prep, config, tmp_path / "run", LaunchOptions(accelerator="cpu"))
 
 
 def test_a_tiny_run_writes_volumes_at_the_spacings_it_draws(tmp_path):

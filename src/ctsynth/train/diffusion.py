@@ -169,8 +169,9 @@ class DiffusionStage(Stage):
                                fix="set it to 0, or to a few volumes per class (e.g. 8)")
         for name, on in (("calibration_samples", self.cfg.calibration_samples > 0),
                          ("detail_residuals", any(self.cfg.detail_residuals)),
+                         ("detail_floor", self.cfg.detail_floor),
                          ("spacing_condition", self.cfg.spacing_condition)):
-            if on and not self.cfg.cascade:  # fitted after training by the cascade alone: not silently ignored
+            if on and not self.cfg.cascade:  # the cascade's alone: not silently ignored
                 raise CTSynthError(f"diffusion.{name} ({getattr(self.cfg, name)}) needs diffusion.cascade: true",
                                    fix=f"leave {name} out, or use the cascade")
 
