@@ -65,6 +65,7 @@ DETAIL_BANDS = 7
 RESIDUAL_VOLUMES = 64  # training volumes behind a residual bank (evenly spaced) ...
 RESIDUAL_BLOCKS = 65_536  # ... and blocks of each (a 32 x 96 x 144 crop has 55,296 at level 1): bounded memory
 DETAIL_OBJECTIVES = ("regression", "gaussian", "energy", "flow")
+CALIBRATION_REGIONS = ("all", "body")  # the voxels the output curve is fitted on (train/diffusion.py body_region)
 LOGVAR_RANGE = (-12.0, 4.0)  # the gaussian details' log-variance (standardised units), clamped for stability
 
 
@@ -233,9 +234,9 @@ class WaveletCascade(torch.nn.Module):
 
     def __init__(self, cfg: DiffusionConfig, levels: int, n_labels: int) -> None:
         super().__init__()
-        if cfg.detail_objective not in DETAIL_OBJECTIVES:
-            raise CTSynthError(f"unknown diffusion.detail_objective '{cfg.detail_objective}'",
-                               fix=f"use one of {list(DETAIL_OBJECTIVES)}")
+        for name, known in (("detail_objective", DETAIL_OBJECTIVES), ("calibration_region", CALIBRATION_REGIONS)):
+            if getattr(cfg, name) not in known:
+                raise CTSynthError(f"unknown diffusion.{name} '{getattr(cfg, name)}'", fix=f"use one of {list(known)}")
         for name, on in (("detail_adv_weight", cfg.detail_adv_weight > 0), ("detail_gain", bool(cfg.detail_gain)),
                          ("detail_residuals", any(cfg.detail_residuals))):
             if on and cfg.detail_objective != "regression":  # options of the conditional mean: not silently ignored

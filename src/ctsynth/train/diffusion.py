@@ -81,15 +81,6 @@ def training_images(config: Config, prep_dir: Path, entries: list[dict]) -> dict
     return {"latents": images.float(), "labels": labels, "spacing_mm": spacing}
 
 
-CALIBRATION_REGIONS = ("all", "body")
-
-
-def check_calibration_region(cfg: DiffusionConfig) -> None:
-    if cfg.calibration_region not in CALIBRATION_REGIONS:
-        raise CTSynthError(f"unknown diffusion.calibration_region '{cfg.calibration_region}'",
-                           fix=f"use one of {list(CALIBRATION_REGIONS)}")
-
-
 def body_region(hu_window: tuple[float, float]):
     """``volumes (n, 1, z, y, x)`` in [-1, 1] -> their body masks (bool, same shape): ``diffusion.calibration_region:
     body``."""
@@ -106,7 +97,6 @@ def fit_after_training(model, config: Config, data: dict) -> None:
     config's guidance and steps, seeded by ``train.seed``; its samples draw from the banks). The training stage
     calls it at its end, the quality benchmark for an earlier checkpoint's weights."""
     cfg = config.diffusion
-    check_calibration_region(cfg)
     if any(cfg.detail_residuals):
         model.fit_residuals(data["latents"], data["labels"], config.train.seed)
     if cfg.calibration_samples > 0:
@@ -163,7 +153,6 @@ class DiffusionStage(Stage):
         self.cfg, self.tcfg = config.diffusion, config.train
         self.steps, self.lr = self.cfg.steps, self.cfg.lr
         self.null_label = len(config.data.labels)
-        check_calibration_region(self.cfg)  # at the start, not after the training it ends
         if self.cfg.calibration_samples < 0:
             raise CTSynthError(f"diffusion.calibration_samples must be at least 0, got {self.cfg.calibration_samples}",
                                fix="set it to 0, or to a few volumes per class (e.g. 8)")
