@@ -102,10 +102,12 @@ class DiffusionConfig:
     # levels 1). The conditional mean lacks the energy of what the band below does not decide (vessels, edges'
     # exact place); a gain restores part of it, like unsharp masking per wavelet level (docs/quality.md).
     detail_gain: tuple[float, ...] = ()
-    # regression, at sampling: each level's bands plus this times a residual drawn per block from a bank of the
-    # detail model's residuals on the training volumes, fitted after training (level 1 first; missing levels 0:
-    # none). What the conditional mean leaves out, with real blocks' sparsity (models/residuals.py).
+    # regression, at sampling: each level's bands plus this times residuals drawn from a bank of the detail
+    # model's residuals on the training volumes, fitted after training (level 1 first; missing levels 0: none).
+    # What the conditional mean leaves out, with real regions' sparsity and edges (models/residuals.py).
     detail_residuals: tuple[float, ...] = ()
+    # ... drawn as patches of this many blocks per axis, matched on the band under them (1: block by block)
+    detail_residual_patch: int = 4
     # Cascade, at sampling: after each level's details are merged, no voxel lies below the lowest block mean of
     # the 3^3 neighbourhood of its block in the band below (a lower anti-ringing clamp: no dark rim where the
     # details undershoot next to a bright wall; models/cascade.py neighbourhood_floor, docs/quality.md).

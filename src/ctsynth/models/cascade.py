@@ -62,8 +62,7 @@ from .spacing import AXES, SpacingPrior
 from .wavelet import HaarTransform
 
 DETAIL_BANDS = 7
-RESIDUAL_VOLUMES = 64  # training volumes behind a residual bank (evenly spaced) ...
-RESIDUAL_BLOCKS = 65_536  # ... and blocks of each (a 32 x 96 x 144 crop has 55,296 at level 1): bounded memory
+RESIDUAL_VOLUMES = 64  # training volumes behind a residual bank (evenly spaced)
 DETAIL_OBJECTIVES = ("regression", "gaussian", "energy", "flow")
 CALIBRATION_REGIONS = ("all", "body")  # the voxels the output curve is fitted on (train/diffusion.py body_region)
 LOGVAR_RANGE = (-12.0, 4.0)  # the gaussian details' log-variance (standardised units), clamped for stability
@@ -251,6 +250,9 @@ class WaveletCascade(torch.nn.Module):
             if len(values) > levels or not all(ok(v) for v in values):
                 raise CTSynthError(f"diffusion.{name} must hold at most {levels} {kind} (one per Haar level, the "
                                    f"finest first), got {list(values)}", fix=fix)
+        if cfg.detail_residual_patch < 1:
+            raise CTSynthError(f"diffusion.detail_residual_patch must be at least 1 (blocks per axis), got "
+                               f"{cfg.detail_residual_patch}", fix="use 4, or 1 for block-by-block draws")
         if not 1 <= levels <= 3:
             raise CTSynthError(f"diffusion.cascade needs autoencoder.haar_levels between 1 and 3, got {levels}",
                                fix="use 2 or 3 (the base grid is 1/4 or 1/8 of the volume per axis)")
@@ -277,7 +279,7 @@ class WaveletCascade(torch.nn.Module):
         self.calibration = QuantileMap()
         # the residual banks of the levels with diffusion.detail_residuals > 0 (fitted after training, else they
         # draw zeros): models/residuals.py
-        self.residual_banks = torch.nn.ModuleDict({str(level): ResidualBank(DETAIL_BANDS)
+        self.residual_banks = torch.nn.ModuleDict({str(level): ResidualBank(DETAIL_BANDS, cfg.detail_residual_patch)
                                                    for level in range(1, self.detail_levels + 1)
                                                    if self.detail_residual(level) > 0})
 
@@ -445,28 +447,28 @@ class WaveletCascade(torch.nn.Module):
     def fit_residuals(self, images: torch.Tensor, labels: torch.Tensor, seed: int, batch_size: int = 4) -> None:
         """Fit the residual bank of every level with ``detail_residuals`` > 0 on the training volumes ``images``
         ``(n, 1, z, y, x)`` (every axis a multiple of :attr:`multiple`) and their ``labels``: the level's model
-        predicts each volume's bands from its true band below, as sampling would. At most
-        :data:`RESIDUAL_VOLUMES` volumes (evenly spaced) and :data:`RESIDUAL_BLOCKS` blocks of each (a seeded
-        random choice) take part, so memory stays bounded at any volume size."""
+        predicts each volume's bands from its true band below, as sampling would, and the bank keeps patches of
+        the residuals with the band under them. At most :data:`RESIDUAL_VOLUMES` volumes (evenly spaced) take
+        part, and an equal share of the bank's capacity from each (a seeded random choice), so memory stays
+        bounded at any volume size."""
         keep = torch.linspace(0, images.shape[0] - 1, min(images.shape[0], RESIDUAL_VOLUMES)).round().long()
         device = self.low_stats.device
         for name, bank in self.residual_banks.items():
             level = int(name)
             gen = torch.Generator().manual_seed(seed + level)
-            blocks = []  # (cond, mean, target) of the chosen blocks, (blocks, channels) each
+            share = -(-bank.capacity // len(keep))
+            found = []  # (keys, values, labels) of the chosen patches
             for k in range(0, len(keep), batch_size):
                 idx = keep[k:k + batch_size]
                 _, lows, details = pyramid(images[idx].to(device), level)
                 cond = self._low(lows[level - 1], level)
                 mean = crop_to(self._regress(level, pad_to_multiple(cond, self._detail_multiple(), 0.0)[0],
                                              labels[idx].to(device)), tuple(cond.shape[-3:]))
-                found = [t.movedim(1, -1).reshape(len(idx), -1, t.shape[1])
-                         for t in (cond, mean, self._detail(details[level - 1], level))]
-                n = found[0].shape[1]
-                pick = torch.stack([torch.randperm(n, generator=gen)[:RESIDUAL_BLOCKS] for _ in idx]).to(device)
-                blocks.append([torch.gather(t, 1, pick[..., None].expand(-1, -1, t.shape[-1])).reshape(-1, t.shape[-1])
-                               for t in found])
-            bank.fit(*(torch.cat(parts) for parts in zip(*blocks)), gen)
+                patches = bank.patches(cond, self._detail(details[level - 1], level) - mean, gen)
+                for (keys, values), label in zip(patches, labels[idx]):
+                    pick = torch.randperm(keys.shape[0], generator=gen)[:share].to(device)
+                    found.append((keys[pick], values[pick], label.expand(len(pick))))
+            bank.fit(*(torch.cat(parts) for parts in zip(*found)), gen)
 
     def _regress(self, level: int, cond: torch.Tensor, labels: torch.Tensor,
                  eps: torch.Tensor | None = None) -> torch.Tensor:
@@ -532,11 +534,10 @@ class WaveletCascade(torch.nn.Module):
             grid = list(low.shape[-3:])
             cond = pad_to_multiple(self._low(low, level), m, 0.0)[0]
             if self.cfg.detail_objective == "regression":
-                mean = self._regress(level, cond, labels)
-                z = mean * self.detail_gain(level)
+                z = crop_to(self._regress(level, cond, labels) * self.detail_gain(level), tuple(grid))
                 if self.detail_residual(level) > 0:
-                    z = z + self.detail_residual(level) * self.residual_banks[str(level)].draw(cond, mean, generators)
-                z = crop_to(z, tuple(grid))
+                    z = z + self.detail_residual(level) * self.residual_banks[str(level)].draw(
+                        crop_to(cond, tuple(grid)), labels, generators)
             else:
                 eps = per_sample_noise(generators, DETAIL_BANDS, _padded(grid, m), device)
                 if self.cfg.detail_objective == "energy":
