@@ -114,6 +114,15 @@ def test_detail_residuals_is_checked():
                                            detail_objective="gaussian"), 2, 2)
 
 
+def test_a_patch_larger_than_its_level_s_grid_is_refused_before_any_step(tmp_path):
+    config = cascade_config(detail_residuals=(0.0, 0.5), detail_residual_patch=64)
+    prep = make_tiny_cache(tmp_path / "prep", config)
+    z = config.data.shape[0] // 4
+    with pytest.raises(CTSynthError, match=rf"detail_residual_patch \(64\) is larger than Haar level 2's grid \[{z}, "):
+        train(prep, config, tmp_path / "run", CPU)
+    assert not (tmp_path / "run" / "diffusion").exists()
+
+
 def test_a_level_of_scale_0_has_no_bank():
     model = WaveletCascade(dataclasses.replace(cascade_config().diffusion, detail_residuals=(0.5,)), 2, 2)
     assert list(model.residual_banks) == ["1"]  # level 2's scale is 0 where the list stops

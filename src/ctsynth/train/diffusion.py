@@ -163,6 +163,13 @@ class DiffusionStage(Stage):
             if on and not self.cfg.cascade:  # the cascade's alone: not silently ignored
                 raise CTSynthError(f"diffusion.{name} ({getattr(self.cfg, name)}) needs diffusion.cascade: true",
                                    fix=f"leave {name} out, or use the cascade")
+        for level, scale in enumerate(self.cfg.detail_residuals, start=1):
+            grid = [n // 2 ** level for n in config.data.shape]  # the level's band: the bank's patches must fit
+            if scale > 0 and min(grid) < self.cfg.detail_residual_patch:
+                raise CTSynthError(f"diffusion.detail_residual_patch ({self.cfg.detail_residual_patch}) is larger than "
+                                   f"Haar level {level}'s grid {grid} (data.shape / 2^{level})",
+                                   fix=f"use detail_residual_patch: {min(grid)} or less, or a residual scale of 0 at "
+                                       f"level {level}")
 
     def load_data(self, fabric) -> None:
         if self.cfg.cascade:
