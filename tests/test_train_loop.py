@@ -263,3 +263,34 @@ def test_a_time_budget_ends_the_diffusion_stage_as_finished_and_resumes_its_cloc
     seconds = [json.loads((c / "state.json").read_text())["train_seconds"] for c in ckpts]
     assert len(ckpts) >= 3 and seconds == sorted(seconds) and seconds[-1] >= 3.0  # two timed, then the last
     assert int(ckpts[-1].name.split("-")[1]) == done["step"]
+
+
+def test_lr_decay_known_answers():
+    """Warmup-stable-decay without the warm-up, worked by hand: over the last 30%, 1 until 70% of the stage,
+    then linearly to 0 (0.5 at 85%); the time budget's progress counts when it is ahead of the steps'."""
+    from ctsynth.train.runner import lr_decay
+
+    assert lr_decay(0.0, 99, 100, 0.0, 0.0) == 1.0
+    assert [lr_decay(0.3, s, 100, 0.0, 0.0) for s in (0, 70, 85, 100)] == pytest.approx([1.0, 1.0, 0.5, 0.0])
+    assert lr_decay(0.3, 10, 10**9, 85.0, 100.0) == pytest.approx(0.5)  # the clock ends this stage
+    assert lr_decay(0.3, 85, 100, 10.0, 100.0) == pytest.approx(0.5)  # the steps do
+    assert lr_decay(1.0, 25, 100, 0.0, 0.0) == pytest.approx(0.75)
+
+
+def test_lr_decay_reaches_the_optimizer(tmp_path):
+    """The rate each step ran with (logged) follows :func:`lr_decay` over the stage's 16 steps, down to 1/8 of
+    the rate at the last step; a fraction outside [0, 1] is refused before any step, with the fix."""
+    prep = make_tiny_cache(tmp_path / "prep", n=3, n_held_out=1)
+    config = load_config("tiny")
+    config.train.lr_decay_fraction, config.train.log_every = 0.5, 1
+    assert train(prep, config, tmp_path / "run", CPU) == "done"
+    for stage, lr in (("autoencoder", config.autoencoder.lr), ("diffusion", config.diffusion.lr)):
+        logged = [r["lr"] for r in read_log(tmp_path / "run" / stage / "log.jsonl") if "loss" in r]
+        expected = [lr * min(1.0, (1 - s / 16) / 0.5) for s in range(16)]
+        assert logged == pytest.approx(expected), stage
+        assert logged[-1] == pytest.approx(lr / 8)
+
+    config.train.lr_decay_fraction = 1.5
+    with pytest.raises(CTSynthError, match=r"lr_decay_fraction must lie in \[0, 1\]"):
+        train(prep, config, tmp_path / "run2", CPU)
+    assert not list((tmp_path / "run2").rglob("ckpt-*"))

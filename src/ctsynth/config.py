@@ -196,6 +196,10 @@ class TrainConfig:
     # trained stage (learning curves; cluster time limits).
     time_budget_min: float = 0.0
     checkpoint_every_min: float = 0.0
+    # The learning rate falls linearly to 0 over this last fraction of a stage (warmup-stable-decay without
+    # the warm-up), of its steps or of its time budget, whichever ends it first: train/runner.py lr_decay.
+    # 0: a constant rate.
+    lr_decay_fraction: float = 0.0
 
 
 MODELS = ("diffusion", "gan", "sr")

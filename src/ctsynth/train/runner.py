@@ -133,6 +133,9 @@ def run_stage(fabric, stage: Stage, stage_dir: Path, config: Config, hooks: Trai
             stage.finish(0, 0.0)
         fabric.barrier()
         return "done"
+    if not 0.0 <= tcfg.lr_decay_fraction <= 1.0:
+        raise CTSynthError(f"train.lr_decay_fraction must lie in [0, 1], got {tcfg.lr_decay_fraction}",
+                           fix="use e.g. 0.3 (the last 30% of the stage), or 0 for a constant learning rate")
     hooks.mark(stage.name, "start")
     stage.load_data(fabric)
     fabric.seed_everything(tcfg.seed + fabric.global_rank, verbose=False)
@@ -145,7 +148,6 @@ def run_stage(fabric, stage: Stage, stage_dir: Path, config: Config, hooks: Trai
         step, lr_scale = state["step"], state.get("lr_scale", 1.0)
         seconds_before = float(state.get("train_seconds", 0.0))
         warn(fabric, f"resuming {stage.name} from step {step} ({state['path']})")
-    set_lr(optimizers, stage.base_lrs(), lr_scale)
     stage.start(step)
 
     log = JsonlLog(stage_dir / LOG_FILE, rank0)
@@ -156,9 +158,12 @@ def run_stage(fabric, stage: Stage, stage_dir: Path, config: Config, hooks: Trai
     bar = progress_bar(rank0, None if budget_s > 0 else stage.steps, step, stage.name)
     bad_in_a_row, restores, status, t0 = 0, 0, "done", now()
     train_s = lambda: seconds_before + now() - t0  # noqa: E731  training time over every resume
+    elapsed = seconds_before
     try:
         with StopFlag() as stop:
             while step < stage.steps:
+                lr_factor = lr_scale * lr_decay(tcfg.lr_decay_fraction, step, stage.steps, elapsed, budget_s)
+                set_lr(optimizers, stage.base_lrs(), lr_factor)
                 losses, clip = stage.accumulate(step, hooks.poisons(stage.name, step))
 
                 skipped = skip_reason(fabric, all(math.isfinite(v) for v in losses.values()), clip)
@@ -191,7 +196,7 @@ def run_stage(fabric, stage: Stage, stage_dir: Path, config: Config, hooks: Trai
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses['loss']:.4f}")
                 if step % tcfg.log_every == 0 or step == stage.steps:
-                    log.write({"step": step, **losses, "lr": stage.lr * lr_scale, "time_s": round(train_s(), 3)})
+                    log.write({"step": step, **losses, "lr": stage.lr * lr_factor, "time_s": round(train_s(), 3)})
 
                 stopping = fabric.strategy.reduce_boolean_decision(stop.requested or hooks.stops(stage.name, step),
                                                                     all=False)
@@ -219,6 +224,23 @@ def run_stage(fabric, stage: Stage, stage_dir: Path, config: Config, hooks: Trai
         stage.finish(step, train_s())
     fabric.barrier()
     return status
+
+
+def lr_decay(fraction: float, step: int, steps: int, elapsed_s: float, budget_s: float) -> float:
+    """The learning rate's factor at ``step`` (0-based, the step about to run): 1, then falling linearly to 0
+    over the last ``fraction`` of the stage. Progress is the larger of ``step / steps`` and, with a time budget,
+    ``elapsed_s / budget_s`` (the training seconds so far, counted over resumes; rank 0's clock).
+
+    Why: at a fixed budget the weights of a constant rate keep moving by the rate's noise to the last step,
+    and the samples carry it; annealing the rate to 0 at the end is the standard remedy (Li et al. 2020,
+    "Budgeted training"; warmup-stable-decay). A time budget decides when the end is, so the decay follows the
+    clock where it ends the stage before the step count does."""
+    if fraction <= 0.0:
+        return 1.0
+    progress = step / steps if steps > 0 else 0.0
+    if budget_s > 0:
+        progress = max(progress, elapsed_s / budget_s)
+    return min(1.0, max(0.0, (1.0 - progress) / fraction))
 
 
 def zero_grad(optimizers: dict[str, torch.optim.Optimizer]) -> None:
